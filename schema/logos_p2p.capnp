@@ -1,0 +1,213 @@
+# logos-p2p: custom libp2p protocols handled by modules in other processes.
+#
+# A module connects to the node's RPC endpoint (a unix socket by default, or TCP),
+# takes the bootstrap `Node` capability, registers protocol ids with a `Handler`
+# capability of its own, and then handles each libp2p stream as a `Stream`
+# capability implemented by the node.
+#
+# Lifecycle is carried by capabilities:
+#   * dropping a `Stream` that is not closed resets the libp2p stream;
+#   * dropping a `Registration` unmounts its protocol ids;
+#   * closing the RPC connection does both for everything the module holds.
+#
+# Errors. Every method may fail. A failure raised by logos-p2p itself carries, in
+# the last line of its exception description, a marker
+#
+#     [logos-p2p:<kind>] <human readable message>
+#
+# where <kind> is one of
+#     stream-reset:<cause>     the stream was reset; <cause> is a `Cause` name
+#                              (e.g. stream-reset:remoteReset, stream-reset:connectionLost)
+#     stream-closed            the module already closed this stream (or its write side)
+#     busy                     another read (or write) is already pending on this stream
+#     node-shutdown            the node is shutting down
+#     protocol-not-supported   the remote peer speaks none of the requested protocols
+#     peer-unreachable         no connection to the peer could be made
+#     timeout                  the operation's own timeout expired
+#     invalid-argument         a parameter is malformed (bad protocol id, peer id, size...)
+#     protocol-in-use          another module registered that protocol id
+#     limit-exceeded           a node limit (streams, registrations, sizes) was reached
+#     frame-too-large          a length-prefixed frame is longer than maxSize
+#     end-of-stream            the stream ended in the middle of a length-prefixed frame
+# The last marker in the description is authoritative. Failures of the RPC
+# connection itself are Cap'n Proto DISCONNECTED exceptions.
+#
+# Flow control. No method here is a `-> stream` method on purpose: a pending
+# streaming call blocks every later call on the same capability, which would
+# let a write stuck behind a slow peer block `reset`. Instead the caller keeps
+# a bounded window of in-flight `write`s (the node answers a write once the
+# data fits its bounded per-stream queue), and the node keeps a bounded window
+# of in-flight `ByteSink.push`es (the module answers once the data fits its own
+# bounded buffer). Calls on one capability are delivered in order, so writes
+# and pushes stay ordered without waiting for each reply.
+
+@0xadfba88a60b1ecdc;
+
+using Cxx = import "/capnp/c++.capnp";
+$Cxx.namespace("logos::p2p::rpc");
+
+struct NodeInfo {
+  peerId @0 :Text;            # base58 peer id of the node
+  addrs @1 :List(Text);       # dialable multiaddrs, each ending in /p2p/<peerId>
+  version @2 :Text;           # logos-p2p version of the node
+}
+
+struct PeerInfo {
+  peerId @0 :Text;
+  addrs @1 :List(Text);       # remote multiaddrs of the open connections
+}
+
+enum Direction {
+  inbound @0;                 # opened by the remote peer, delivered to a Handler
+  outbound @1;                # opened by a module through Node.openStream
+}
+
+struct StreamInfo {
+  id @0 :UInt64;              # unique within this node process
+  protocol @1 :Text;          # the negotiated protocol id
+  remotePeerId @2 :Text;
+  remoteAddr @3 :Text;        # multiaddr of the connection's remote end ("" if unknown)
+  direction @4 :Direction;
+}
+
+enum Cause {
+  localReset @0;              # the module called reset()
+  remoteReset @1;             # the remote peer reset the stream
+  connectionLost @2;          # the libp2p connection to the peer closed or broke
+  nodeShutdown @3;            # the node is shutting down
+  moduleGone @4;              # the module's RPC connection closed
+  capabilityDropped @5;       # the module dropped the Stream without closing it
+  handlerFailed @6;           # the Handler raised, refused or never answered
+  timeout @7;                 # an accept or idle timeout expired
+  limitExceeded @8;           # a node limit was exceeded
+  protocolError @9;           # malformed data or an internal failure
+}
+
+struct EndReason {
+  # Why the inbound byte flow (remote peer -> module) ended.
+  message @0 :Text;
+  union {
+    eof @1 :Void;             # the remote peer half-closed: no more data, writing still allowed
+    reset @2 :Cause;          # the stream is reset: every later operation fails
+  }
+}
+
+struct RegisterOptions {
+  share @0 :Bool = false;     # let other registrations that also share serve the same ids
+                              # (inbound streams are spread round-robin)
+  acceptTimeoutMs @1 :UInt32 = 0;   # how long Handler.handle may take; 0 = node default
+}
+
+struct ModuleStatus {
+  id @0 :UInt64;
+  name @1 :Text;
+  protocols @2 :List(Text);   # protocol ids registered by this module
+  registrations @3 :UInt32;
+  inboundStreams @4 :UInt32;
+  outboundStreams @5 :UInt32;
+  bytesIn @6 :UInt64;         # bytes received from remote peers for this module
+  bytesOut @7 :UInt64;        # bytes written to remote peers by this module
+  bufferedBytes @8 :UInt64;   # bytes held by the node for this module's streams
+}
+
+struct CauseCount {
+  cause @0 :Cause;
+  count @1 :UInt64;
+}
+
+struct Status {
+  peerId @0 :Text;
+  modules @1 :List(ModuleStatus);
+  streams @2 :UInt32;         # open bridged streams, all modules
+  registrations @3 :UInt32;
+  resets @4 :List(CauseCount);  # resets since start, by cause
+  streamsTotal @5 :UInt64;    # streams bridged since start
+  tasks @6 :UInt32;           # node tasks serving streams (0 when idle)
+}
+
+interface Node {
+  # Bootstrap capability: one per RPC connection ("module").
+
+  info @0 () -> (info :NodeInfo);
+  connectPeer @1 (addr :Text, timeoutMs :UInt32) -> (peer :PeerInfo);
+  # addr: a multiaddr ending in /p2p/<peerId>. timeoutMs 0 = node default.
+  disconnectPeer @2 (peerId :Text) -> ();
+  peers @3 () -> (peers :List(PeerInfo));
+
+  register @4 (protocols :List(Text), handler :Handler, options :RegisterOptions)
+      -> (registration :Registration);
+  # Mounts the protocol ids on the node's libp2p host. Every inbound stream that
+  # negotiates one of them is given to `handler`. The ids stay mounted until the
+  # Registration is unregistered or dropped, or this RPC connection closes.
+
+  openStream @5 (peerId :Text, protocols :List(Text), addrs :List(Text), timeoutMs :UInt32,
+                 sink :ByteSink) -> (stream :Stream, info :StreamInfo);
+  # Opens an outbound stream, dialing `addrs` (multiaddrs, optional) if not
+  # connected. `protocols` are tried in order. With a `sink`, inbound bytes are
+  # pushed to it; without one, use Stream.read.
+
+  status @6 () -> (status :Status);
+  # What the node holds, for operators and tests.
+
+  waitShutdown @7 () -> ();
+  # Returns when the node begins to shut down (a long poll).
+
+  setModuleName @8 (moduleName :Text) -> ();
+  # A name for this connection in status reports.
+}
+
+interface Registration {
+  protocols @0 () -> (protocols :List(Text));
+  unregister @1 () -> ();
+  # Unmounts the protocol ids now. Streams already open keep working.
+}
+
+interface Handler {
+  # Implemented by the module.
+  handle @0 (stream :Stream, info :StreamInfo) -> (sink :ByteSink);
+  # Called once per inbound stream. Answer promptly (the node resets the stream
+  # when the registration's accept timeout expires); return a sink to have
+  # inbound bytes pushed to it, or none to read with Stream.read.
+}
+
+interface Stream {
+  # Implemented by the node, for inbound and outbound streams alike.
+
+  info @0 () -> (info :StreamInfo);
+
+  read @1 (maxBytes :UInt32, position :UInt64) -> (data :Data, next :UInt64, eof :Bool);
+  # Pull-mode read (streams without a sink). `position` is the number of bytes
+  # of this stream the caller has received and kept; the node returns bytes
+  # from there on and keeps them until a later read passes them. A read that
+  # was cancelled, or whose answer was lost, therefore loses nothing: read
+  # again from the same position. `next` = position + len(data).
+  # At end of stream: empty data, eof = true.
+
+  readLp @2 (maxSize :UInt32, position :UInt64) -> (data :Data, next :UInt64, eof :Bool);
+  # Reads one unsigned-varint length-prefixed frame (as nim-libp2p's readLp).
+  # eof = true only when the stream ended cleanly before the first byte of a frame.
+
+  write @3 (data :Data) -> ();
+  # Answered once the data is queued within the node's per-stream bound.
+  writeLp @4 (data :Data) -> ();
+  # write(uvarint(len(data)) ++ data), as nim-libp2p's writeLp.
+
+  closeWrite @5 () -> ();
+  # Half-close: flushes queued writes, then the peer reads end of stream.
+  # Reading stays possible. Answered when the half-close is on the wire.
+
+  close @6 () -> ();
+  # Graceful close of both directions: flushes, half-closes, and discards what
+  # the peer still sends until it half-closes too.
+
+  reset @7 () -> ();
+  # Abortive close: queued writes are dropped and the peer sees a reset.
+}
+
+interface ByteSink {
+  # Implemented by the module for push-mode streams.
+  push @0 (data :Data) -> ();
+  # Inbound bytes in order. Answer once they fit the module's bounded buffer.
+  end @1 (reason :EndReason) -> ();
+  # No more pushes follow.
+}

@@ -1,0 +1,31 @@
+"""Loads the Cap'n Proto contract (``schema/logos_p2p.capnp``).
+
+Wheels carry the file as ``logos_p2p/schema/logos_p2p.capnp``; a source tree
+or editable install reads it from the repository's ``schema/`` directory.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+from pathlib import Path
+from typing import Any
+
+import capnp
+
+SCHEMA_NAME = "logos_p2p.capnp"
+
+
+def schema_path() -> Path:
+    here = Path(__file__).resolve().parent
+    for candidate in (here / "schema" / SCHEMA_NAME, here.parents[1] / "schema" / SCHEMA_NAME):
+        if candidate.is_file():
+            return candidate
+    raise FileNotFoundError(f"{SCHEMA_NAME} is neither in the package nor in the source tree")
+
+
+@functools.cache
+def load() -> Any:
+    # "/capnp/c++.capnp" resolves against the directory holding pycapnp's package.
+    include = os.path.dirname(os.path.dirname(capnp.__file__))
+    return capnp.load(str(schema_path()), imports=[include])

@@ -1,0 +1,401 @@
+"""The node's one boundary to py-libp2p 0.8.1: host, identity, stream I/O, errors.
+
+Everything else in the node talks to libp2p through this module, and every
+libp2p, muxer or socket error is translated here into the logos-p2p family.
+
+py-libp2p 0.8.1 gaps closed here (each one small and documented):
+
+1. **A remote reset reads as end of stream.** yamux removes a reset stream
+   from its table before the waiting reader wakes, so the pending ``read``
+   raises ``StreamEOF``; mplex does the same on a concurrent RESET. The muxer
+   still records the truth (yamux ``reset_received``, mplex ``event_reset``,
+   and the connection's ``event_shutting_down``), so :func:`_eof_cause` reads
+   it after every ``StreamEOF``. When in doubt it reports a lost connection
+   rather than a clean end: mistaking a truncated stream for a complete one
+   would lose bytes silently.
+2. **mplex is not full duplex.** ``MplexStream.read`` holds the stream's
+   ``ReadWriteLock`` read side while it waits for data, so a ``write`` on the
+   same stream waits for the next inbound message; a peer that reads and
+   writes at once can hang. Reads and writes of an mplex stream touch no
+   common state (the read side owns ``_buf`` and the inbound channel, the
+   write side only sends frames), so :func:`install_fixes` gives each stream
+   two independent locks: reads exclude reads, writes exclude writes.
+3. **yamux writes give up after 5 s of zero send window.** ``YamuxStream.write``
+   polls for a window update and raises ``MuxedStreamError`` after 5 s, which
+   reads as a reset: a peer that pauses reading would break the stream.
+   :func:`write` never hands yamux more than the current send window, so its
+   timeout path is never taken; a slow reader only slows the writer.
+
+Upstream: the first two are py-libp2p bugs worth reporting with these
+descriptions; the third is by design there ("yamux has no deadlines").
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ipaddress
+import logging
+import os
+from collections.abc import AsyncIterator, Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import multiaddr
+import trio
+from libp2p import new_host
+from libp2p.abc import IHost
+from libp2p.crypto.ed25519 import create_new_key_pair
+from libp2p.crypto.keys import KeyPair
+from libp2p.custom_types import TProtocol
+from libp2p.identity_utils import load_identity, save_identity
+from libp2p.network.exceptions import SwarmException
+from libp2p.network.stream.exceptions import StreamClosed as Libp2pStreamClosed
+from libp2p.network.stream.exceptions import StreamEOF
+from libp2p.network.stream.exceptions import StreamError as Libp2pStreamError
+from libp2p.peer.id import ID
+from libp2p.peer.peerinfo import PeerInfo, info_from_p2p_addr
+from libp2p.protocol_muxer.exceptions import MultiselectClientError
+from libp2p.stream_muxer.exceptions import MuxedConnUnavailable, MuxedStreamError
+from libp2p.stream_muxer.mplex.mplex_stream import MplexStream
+from libp2p.stream_muxer.yamux.yamux import YamuxStream
+
+from ..errors import (
+    Cause,
+    InvalidArgument,
+    LogosP2PError,
+    PeerUnreachable,
+    ProtocolNotSupported,
+    StreamClosed,
+    StreamReset,
+    Timeout,
+    reset_error,
+)
+
+log = logging.getLogger("logos_p2p.node")
+
+# py-libp2p's NetStream; its INetStream ABC lacks muxed_stream/close_write, which we use.
+INetStream = Any
+
+# Remote I/O errors that mean "this stream is gone".
+_STREAM_GONE = (
+    Libp2pStreamError,
+    MuxedStreamError,
+    MuxedConnUnavailable,
+    OSError,
+    trio.BrokenResourceError,
+    trio.ClosedResourceError,
+)
+
+
+# -- fix 2: full-duplex mplex --------------------------------------------------------
+
+
+class _DuplexLock:
+    """Stands in for ``ReadWriteLock`` on mplex streams: independent locks."""
+
+    __slots__ = ("_read", "_write")
+
+    def __init__(self) -> None:
+        self._read = trio.Lock()
+        self._write = trio.Lock()
+
+    def read_lock(self) -> trio.Lock:
+        return self._read
+
+    def write_lock(self) -> trio.Lock:
+        return self._write
+
+
+_fixes_installed = False
+
+
+def install_fixes() -> None:
+    """Patch MplexStream so reads do not block writes (see the module docstring)."""
+    global _fixes_installed
+    if _fixes_installed:
+        return
+    original_init = MplexStream.__init__
+
+    def init(self: MplexStream, *args: Any, **kwargs: Any) -> None:
+        original_init(self, *args, **kwargs)
+        self.rw_lock = _DuplexLock()  # type: ignore[assignment]
+
+    MplexStream.__init__ = init  # type: ignore[method-assign]
+    _fixes_installed = True
+
+
+# -- fix 1: the truth behind StreamEOF --------------------------------------------------
+
+
+def _conn_down(net_stream: INetStream) -> bool:
+    conn = getattr(net_stream, "muxed_conn", None)
+    event = getattr(conn, "event_shutting_down", None)
+    return bool(event is not None and event.is_set())
+
+
+def _reset_seen(net_stream: INetStream) -> bool:
+    muxed = net_stream.muxed_stream
+    if isinstance(muxed, YamuxStream):
+        return muxed.reset_received
+    if isinstance(muxed, MplexStream):
+        return muxed.event_reset.is_set()
+    return False
+
+
+def _eof_cause(net_stream: INetStream) -> Cause | None:
+    """After ``StreamEOF``: None for a clean end, else why the stream died."""
+    if _conn_down(net_stream):
+        return Cause.CONNECTION_LOST
+    if _reset_seen(net_stream):
+        return Cause.REMOTE_RESET
+    return None
+
+
+def _gone(net_stream: INetStream, exc: BaseException) -> StreamReset:
+    cause = Cause.CONNECTION_LOST if _conn_down(net_stream) else Cause.REMOTE_RESET
+    error = reset_error(cause, f"{cause.value}: {exc}" if str(exc) else "")
+    error.__cause__ = exc
+    return error
+
+
+@contextlib.contextmanager
+def _translate(net_stream: INetStream) -> Iterator[None]:
+    try:
+        yield
+    except LogosP2PError:
+        raise
+    except Libp2pStreamClosed as exc:
+        raise StreamClosed(str(exc) or "the stream is closed for writing") from exc
+    except _STREAM_GONE as exc:
+        raise _gone(net_stream, exc) from exc
+
+
+# -- stream I/O ----------------------------------------------------------------------------
+
+
+async def read(net_stream: INetStream, max_bytes: int) -> bytes | None:
+    """Up to ``max_bytes`` bytes; None at a clean end of stream.
+
+    Raises :class:`StreamReset` (or :class:`ConnectionLost`) when the stream died.
+    """
+    with _translate(net_stream):
+        try:
+            data: bytes = await net_stream.read(max_bytes)
+        except StreamEOF as exc:
+            cause = _eof_cause(net_stream)
+            if cause is None:
+                return None
+            raise reset_error(cause) from exc
+    if not data:  # some muxers return b"" at the end
+        cause = _eof_cause(net_stream)
+        if cause is None:
+            return None
+        raise reset_error(cause)
+    return data
+
+
+_WINDOW_POLL = (0.001, 0.02)  # first and longest wait for a yamux window update
+
+
+async def write(net_stream: INetStream, data: bytes | memoryview) -> None:
+    """Write all of ``data``; blocks while the peer's receive window is full."""
+    muxed = net_stream.muxed_stream
+    with _translate(net_stream):
+        if not isinstance(muxed, YamuxStream):
+            await net_stream.write(bytes(data))
+            return
+        view = memoryview(data)
+        delay = _WINDOW_POLL[0]
+        while view:
+            window = muxed.send_window
+            if window <= 0:
+                if muxed.closed or muxed.send_closed or _conn_down(net_stream):
+                    raise _gone(net_stream, MuxedStreamError("stream closed while waiting for send window"))
+                await trio.sleep(delay)
+                delay = min(delay * 2, _WINDOW_POLL[1])
+                continue
+            delay = _WINDOW_POLL[0]
+            chunk, view = view[:window], view[window:]
+            await net_stream.write(bytes(chunk))
+
+
+async def close_write(net_stream: INetStream) -> None:
+    with _translate(net_stream):
+        await net_stream.close_write()
+
+
+async def reset(net_stream: INetStream) -> None:
+    """Reset on the wire; never raises (the stream may be gone already)."""
+    with contextlib.suppress(Exception):
+        await net_stream.reset()
+
+
+async def release(net_stream: INetStream) -> None:
+    """Drop a stream whose both directions ended; never raises."""
+    with contextlib.suppress(Exception):
+        await net_stream.close()
+
+
+def remote_peer_id(net_stream: INetStream) -> str:
+    return str(net_stream.muxed_conn.peer_id)
+
+
+def _endpoint_maddr(getter: Any) -> str:
+    """``/ip4/HOST/tcp/PORT`` for a ``get_remote_address`` method; "" if unknown."""
+    try:
+        endpoint = getter()
+    except Exception:
+        endpoint = None
+    if not endpoint:
+        return ""
+    host, port = endpoint[0], endpoint[1]
+    try:
+        family = "ip6" if ipaddress.ip_address(host).version == 6 else "ip4"
+    except ValueError:
+        family = "dns"
+    return f"/{family}/{host}/tcp/{port}"
+
+
+def remote_addr(net_stream: INetStream) -> str:
+    return _endpoint_maddr(net_stream.get_remote_address)
+
+
+def peer_id_of(text: str) -> ID:
+    try:
+        return ID.from_base58(text)
+    except Exception as exc:
+        raise InvalidArgument(f"not a peer id: {text!r}") from exc
+
+
+def parse_peer_addr(text: str) -> PeerInfo:
+    """A multiaddr that ends in /p2p/<peer id>."""
+    try:
+        return info_from_p2p_addr(multiaddr.Multiaddr(text))
+    except Exception as exc:
+        raise InvalidArgument(f"expected a multiaddr ending in /p2p/<peer id>, got {text!r}") from exc
+
+
+def parse_addr(text: str) -> multiaddr.Multiaddr:
+    try:
+        return multiaddr.Multiaddr(text)
+    except Exception as exc:
+        raise InvalidArgument(f"not a multiaddr: {text!r}") from exc
+
+
+# -- host ----------------------------------------------------------------------------------------
+
+
+def load_or_create_identity(path: Path | None) -> KeyPair:
+    """The node's key pair: loaded from ``path``, created there (0600) on first run."""
+    if path is None:
+        return create_new_key_pair()
+    if path.exists():
+        return load_identity(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    key_pair = create_new_key_pair()
+    save_identity(key_pair, path)
+    os.chmod(path, 0o600)
+    return key_pair
+
+
+def build_host(key_pair: KeyPair, listen: Sequence[str], muxer: str | None = None) -> IHost:
+    """A py-libp2p host with its default secure channels and muxers (yamux first)."""
+    install_fixes()
+    listen_addrs = [parse_addr(a) for a in listen]
+    kwargs: dict[str, Any] = {"key_pair": key_pair, "listen_addrs": listen_addrs}
+    if muxer:
+        kwargs["muxer_preference"] = muxer.upper()
+    return new_host(**kwargs)
+
+
+@contextlib.asynccontextmanager
+async def run_host(host: IHost, listen: Sequence[str]) -> AsyncIterator[None]:
+    async with host.run([parse_addr(a) for a in listen]):
+        yield
+
+
+def advertised_addrs(host: IHost) -> list[str]:
+    """Dialable addresses: wildcard listen addresses expand to interface addresses."""
+    peer = str(host.get_id())
+    out: list[str] = []
+    for addr in host.get_transport_addrs():
+        text = str(addr)
+        parts = text.split("/")
+        if len(parts) > 2 and parts[1] in ("ip4", "ip6") and parts[2] in ("0.0.0.0", "::"):
+            for ip in _interface_ips(parts[1]):
+                out.append("/".join([*parts[:2], ip, *parts[3:]]) + f"/p2p/{peer}")
+        else:
+            out.append(f"{text}/p2p/{peer}")
+    return out
+
+
+def _interface_ips(family: str) -> list[str]:
+    try:
+        import ifaddr
+    except ImportError:  # pragma: no cover - ifaddr comes with py-libp2p
+        return ["127.0.0.1"] if family == "ip4" else ["::1"]
+    ips: list[str] = []
+    for adapter in ifaddr.get_adapters():
+        for ip in adapter.ips:
+            if family == "ip4" and isinstance(ip.ip, str):
+                ips.append(ip.ip)
+            elif family == "ip6" and isinstance(ip.ip, tuple) and not ip.ip[0].startswith("fe80"):
+                ips.append(ip.ip[0])
+    return ips or (["127.0.0.1"] if family == "ip4" else ["::1"])
+
+
+async def connect(host: IHost, addr: str, timeout: float) -> PeerInfo:
+    info = parse_peer_addr(addr)
+    if info.peer_id == host.get_id():
+        raise InvalidArgument("cannot connect to the node itself")
+    try:
+        with trio.fail_after(timeout):
+            await host.connect(info)
+    except trio.TooSlowError as exc:
+        raise Timeout(f"dialing {addr} took longer than {timeout:g}s") from exc
+    except (SwarmException, *_STREAM_GONE) as exc:
+        raise PeerUnreachable(f"cannot connect to {addr}: {exc}") from exc
+    return info
+
+
+async def open_stream(
+    host: IHost, peer: str, protocols: Sequence[str], addrs: Sequence[str], timeout: float
+) -> INetStream:
+    """A negotiated outbound stream; raises PeerUnreachable, ProtocolNotSupported or Timeout."""
+    peer_id = peer_id_of(peer)
+    if peer_id == host.get_id():
+        raise InvalidArgument("cannot open a stream to the node itself")
+    if addrs:
+        host.get_peerstore().add_addrs(peer_id, [parse_addr(a) for a in addrs], 600)
+    try:
+        with trio.fail_after(timeout):
+            return await host.new_stream(peer_id, [TProtocol(p) for p in protocols])
+    except trio.TooSlowError as exc:
+        raise Timeout(f"opening {list(protocols)} on {peer} took longer than {timeout:g}s") from exc
+    except Exception as exc:
+        chain: BaseException | None = exc
+        while chain is not None:
+            if isinstance(chain, MultiselectClientError):
+                raise ProtocolNotSupported(f"{peer} supports none of {list(protocols)}") from exc
+            chain = chain.__cause__
+        if isinstance(exc, (SwarmException, *_STREAM_GONE)):
+            raise PeerUnreachable(f"cannot reach {peer}: {exc}") from exc
+        raise
+
+
+def connected_peers(host: IHost) -> list[tuple[str, list[str]]]:
+    out = []
+    network = host.get_network()
+    for peer_id, conns in list(network.connections.items()):
+        addrs = [_endpoint_maddr(getattr(conn.muxed_conn, "get_remote_address", None)) for conn in conns]
+        out.append((str(peer_id), [a for a in addrs if a]))
+    return out
+
+
+async def disconnect(host: IHost, peer: str) -> None:
+    await host.disconnect(peer_id_of(peer))
+
+
+def quiet_libp2p_logs(level: int) -> None:
+    """py-libp2p logs expected events (a refused protocol) as errors; keep them below ours."""
+    logging.getLogger("libp2p").setLevel(max(level, logging.CRITICAL) if level > logging.DEBUG else level)

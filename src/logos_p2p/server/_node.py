@@ -1,0 +1,404 @@
+"""The node: a py-libp2p host, a Cap'n Proto RPC endpoint, and the bridges between.
+
+:class:`NodeService` runs in trio. It opens the asyncio side first (so that
+libp2p's handler tasks can reach it), then the libp2p host, then the RPC
+listener. Each RPC connection is a :class:`~._registry.ModuleSession` with its
+own bootstrap :class:`~._rpc.NodeImpl`.
+
+Shutdown (:meth:`NodeService.shutdown`) is bounded: tell modules
+(``waitShutdown`` returns), fail pending control calls with NodeShutdown,
+reset every stream on the wire and to its module, unmount every protocol,
+let the replies flush, close the RPC connections, then stop libp2p.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import socket
+import stat
+import struct
+from collections import Counter
+from collections.abc import Coroutine
+from dataclasses import dataclass, field
+from functools import partial
+from pathlib import Path
+from typing import Any, TypeVar
+
+import capnp
+import trio
+from libp2p.abc import INetStream
+
+from .. import __version__, _address
+from ..errors import (
+    Cause,
+    InvalidArgument,
+    LimitExceeded,
+    LogosP2PError,
+    NodeShutdown,
+)
+from . import _libp2p
+from ._bridge import Bridge, Limits
+from ._handoff import Loops, open_loops
+from ._registry import ModuleSession, Registration, Registry, validate_protocol_ids
+from ._rpc import NodeImpl, StreamImpl
+
+log = logging.getLogger("logos_p2p.node")
+T = TypeVar("T")
+
+
+@dataclass
+class NodeConfig:
+    listen: list[str] = field(default_factory=lambda: ["/ip4/0.0.0.0/tcp/4001"])
+    rpc: str = ""  # "" = the default unix socket
+    identity: Path | None = None
+    muxer: str | None = None  # "yamux" or "mplex" first; default: yamux
+    accept_timeout: float = 10.0  # Handler.handle must answer within this
+    open_timeout: float = 30.0  # openStream default
+    dial_timeout: float = 30.0  # connectPeer default
+    max_streams_per_module: int = 4096
+    max_registrations_per_module: int = 1024
+    rpc_traversal_limit_words: int = 8 * 1024 * 1024  # 64 MiB per RPC message
+    shutdown_grace: float = 1.5  # seconds for the whole graceful part of shutdown
+    limits: Limits = field(default_factory=Limits)
+
+
+class NodeService:
+    def __init__(self, config: NodeConfig) -> None:
+        self.config = config
+        self.limits = config.limits
+        self.registry = Registry(self._mount, self._unmount)
+        self.sessions: dict[int, ModuleSession] = {}
+        self.resets: Counter[Cause] = Counter()
+        self.streams_total = 0
+        self.shutting_down = False
+        self.shutdown_started = asyncio.Event()
+        self.rpc_address = ""
+        self.peer_id = ""
+        self.addrs: list[str] = []
+        self._stop = trio.Event()
+        self._guarded: set[asyncio.Task[Any]] = set()
+        self._connections: dict[int, tuple[Any, Any]] = {}
+        self._listener: socket.socket | None = None
+        self._accept_task: asyncio.Task[Any] | None = None
+        self._offers = 0
+        self.loops: Loops
+
+    # -- running ---------------------------------------------------------------------
+
+    async def run(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
+        """Run until :meth:`shutdown`; ``task_status.started(self)`` once ready."""
+        key_pair = _libp2p.load_or_create_identity(self.config.identity)
+        self.host = _libp2p.build_host(key_pair, self.config.listen, self.config.muxer)
+        self.peer_id = str(self.host.get_id())
+        async with open_loops() as loops:
+            self.loops = loops
+            async with _libp2p.run_host(self.host, self.config.listen):
+                self.addrs = _libp2p.advertised_addrs(self.host)
+                self.rpc_address = await loops.to_aio(self._start_rpc)
+                log.info("node %s ready; rpc %s; libp2p %s", self.peer_id, self.rpc_address, self.addrs)
+                task_status.started(self)
+                await self._stop.wait()
+                with trio.move_on_after(0.3):
+                    await self.host.close()
+
+    def ready_line(self) -> dict[str, Any]:
+        return {"peer_id": self.peer_id, "addrs": self.addrs, "rpc": self.rpc_address}
+
+    async def shutdown(self) -> None:
+        """Graceful, bounded shutdown (trio). Idempotent."""
+        if self.shutting_down:
+            await self._stop.wait()
+            return
+        self.shutting_down = True
+        log.info("shutting down")
+        with trio.move_on_after(self.config.shutdown_grace):
+            await self.loops.to_aio(self._close_rpc_listener)
+            self.shutdown_started.set()
+            for task in list(self._guarded):
+                task.cancel()
+            for session in list(self.sessions.values()):
+                session.teardown(self.registry, Cause.NODE_SHUTDOWN, "the node is shutting down")
+            # Wait for the stream tasks to end and the failed calls to answer. Their
+            # counters live in many objects; a short poll, bounded by the grace above.
+            while self.tasks or self._guarded:  # noqa: ASYNC110
+                await trio.sleep(0.01)
+            await trio.sleep(0.05)  # a few KJ turns to write the last replies
+            await self.loops.to_aio(self._close_connections)
+        self._stop.set()
+
+    # -- accounting --------------------------------------------------------------------------
+
+    @property
+    def tasks(self) -> int:
+        """Tasks serving streams right now (bridge pumps, writers, pushers, offers)."""
+        return self._offers + sum(b.tasks for s in self.sessions.values() for b in s.bridges.values())
+
+    def _count_reset(self, cause: Cause) -> None:
+        self.resets[cause] += 1
+
+    def info(self) -> dict[str, Any]:
+        return {"peerId": self.peer_id, "addrs": self.addrs, "version": __version__}
+
+    def status(self) -> dict[str, Any]:
+        sessions = list(self.sessions.values())
+        return {
+            "peerId": self.peer_id,
+            "modules": [s.status() for s in sessions],
+            "streams": sum(len(s.bridges) for s in sessions),
+            "registrations": sum(len(s.registrations) for s in sessions),
+            "resets": [{"cause": c.value, "count": n} for c, n in sorted(self.resets.items(), key=_by_value)],
+            "streamsTotal": self.streams_total,
+            "tasks": self.tasks,
+        }
+
+    def peers(self) -> list[dict[str, Any]]:
+        return [{"peerId": p, "addrs": a} for p, a in _libp2p.connected_peers(self.host)]
+
+    # -- control operations (asyncio side) ------------------------------------------------------
+
+    async def guard(self, coro: Coroutine[Any, Any, T]) -> T:
+        """Run a control operation; at shutdown it fails with NodeShutdown."""
+        if self.shutting_down:
+            coro.close()
+            raise NodeShutdown()
+        task = asyncio.current_task()
+        assert task is not None
+        self._guarded.add(task)
+        try:
+            return await coro
+        except asyncio.CancelledError:
+            if self.shutting_down:
+                raise NodeShutdown() from None
+            raise
+        finally:
+            self._guarded.discard(task)
+
+    async def connect_peer(self, addr: str, timeout: float) -> dict[str, Any]:
+        info = await self.loops.to_trio(partial(_libp2p.connect, self.host, addr, timeout))
+        peer = str(info.peer_id)
+        addrs = dict(_libp2p.connected_peers(self.host)).get(peer, [])
+        return {"peerId": peer, "addrs": addrs}
+
+    async def disconnect_peer(self, peer_id: str) -> None:
+        await self.loops.to_trio(partial(_libp2p.disconnect, self.host, peer_id))
+
+    def register(
+        self, session: ModuleSession, protocols: list[str], handler: Any, *, share: bool, accept_timeout: float
+    ) -> Registration:
+        if self.shutting_down:
+            raise NodeShutdown()
+        ids = validate_protocol_ids(protocols)
+        if len(session.registrations) >= self.config.max_registrations_per_module:
+            raise LimitExceeded(f"a module may hold {self.config.max_registrations_per_module} registrations")
+        reg = Registration(session, ids, handler, share, accept_timeout)
+        self.registry.add(reg)
+        log.info("module %s registered %s", session.id, list(ids))
+        return reg
+
+    def unregister(self, reg: Registration) -> None:
+        if reg.active:
+            self.registry.remove(reg)
+            log.info("module %s unregistered %s", reg.session.id, list(reg.protocols))
+
+    def _mount(self, proto: str) -> None:
+        self.host.set_stream_handler(proto, self._on_inbound)  # type: ignore[arg-type]
+
+    def _unmount(self, proto: str) -> None:
+        self.host.remove_stream_handler(proto)  # type: ignore[arg-type]
+
+    async def open_stream(
+        self, session: ModuleSession, peer: str, protocols: list[str], addrs: list[str], timeout: float
+    ) -> Bridge:
+        ids = validate_protocol_ids(protocols)
+        if len(addrs) > 64:
+            raise InvalidArgument("at most 64 addresses")
+
+        async def opener() -> Bridge:
+            net_stream = await _libp2p.open_stream(self.host, peer, ids, addrs, timeout)
+            bridge = Bridge(net_stream, "outbound", session, self.loops, self.limits)
+            try:
+                session.adopt(bridge)
+            except LogosP2PError:
+                await _libp2p.reset(net_stream)
+                raise
+            self.streams_total += 1
+            bridge.start()
+            return bridge
+
+        return await self.loops.to_trio(
+            opener, orphan=lambda b: b.abandon(Cause.CAPABILITY_DROPPED, "the module gave up opening the stream")
+        )
+
+    # -- inbound streams ------------------------------------------------------------------------
+
+    async def _on_inbound(self, net_stream: INetStream) -> None:
+        """libp2p calls this (in trio) for every stream that negotiated a mounted id."""
+        proto = str(net_stream.get_protocol())
+        reg = None if self.shutting_down else self.registry.pick(proto)
+        if reg is None:
+            await _libp2p.reset(net_stream)
+            return
+        bridge = Bridge(net_stream, "inbound", reg.session, self.loops, self.limits)
+        try:
+            reg.session.adopt(bridge)
+        except LimitExceeded as exc:
+            log.warning("refusing a %s stream: %s", proto, exc)
+            self._count_reset(Cause.LIMIT_EXCEEDED)
+            await _libp2p.reset(net_stream)
+            return
+        self.streams_total += 1
+        bridge.start()
+        self._offers += 1
+        self.loops.spawn_aio(self._offer(reg, bridge))
+
+    async def _offer(self, reg: Registration, bridge: Bridge) -> None:
+        """Hand an inbound stream to the module's Handler (asyncio)."""
+        try:
+            handler = reg.handler
+            if handler is None:
+                bridge.abandon(Cause.HANDLER_FAILED, "the protocol was unregistered", linger=False)
+                return
+            request = handler.handle(stream=StreamImpl(bridge), info=bridge.info.to_capnp())
+            try:
+                response = await asyncio.wait_for(request, reg.accept_timeout)
+            except TimeoutError:
+                bridge.abandon(Cause.TIMEOUT, "the module did not accept the stream in time", linger=False)
+                return
+            except Exception as exc:
+                bridge.abandon(Cause.HANDLER_FAILED, f"the module's handler failed: {_first_line(exc)}", linger=False)
+                return
+            if response._has("sink"):
+                bridge.attach_sink(response.sink)
+        finally:
+            self._offers -= 1
+
+    # -- the RPC endpoint (asyncio side) ------------------------------------------------------------
+
+    async def _start_rpc(self) -> str:
+        address = _address.parse(self.config.rpc) if self.config.rpc else _address.default_address()
+        if address.kind == "unix":
+            sock = _bind_unix(Path(address.path))
+            where = str(address)
+        else:
+            sock = socket.create_server((address.host, address.port), backlog=128, reuse_port=False)
+            host, port = sock.getsockname()[:2]
+            where = str(_address.Address("tcp", host=host, port=port))
+        sock.setblocking(False)
+        self._listener = sock
+        self._unix_path = address.path if address.kind == "unix" else ""
+        self._accept_task = self.loops.spawn_aio(self._accept_loop(sock))
+        return where
+
+    async def _accept_loop(self, sock: socket.socket) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            try:
+                conn, peer = await loop.sock_accept(sock)
+            except OSError as exc:
+                if self.shutting_down:
+                    return
+                log.warning("accepting an RPC connection failed: %s", exc)
+                await asyncio.sleep(0.1)
+                continue
+            self.loops.spawn_aio(self._serve_connection(conn, _peer_label(conn, peer)))
+
+    async def _serve_connection(self, conn: socket.socket, label: str) -> None:
+        session = ModuleSession(label, self._count_reset, self.config.max_streams_per_module)
+        self.sessions[session.id] = session
+        log.info("module %s connected (%s)", session.id, label)
+        server = stream = None
+        try:
+            stream = await capnp.AsyncIoStream.create_connection(sock=conn)
+            server = capnp.TwoPartyServer(
+                stream,
+                bootstrap=NodeImpl(self, session),
+                traversal_limit_in_words=self.config.rpc_traversal_limit_words,
+            )
+            self._connections[session.id] = (server, stream)
+            await server.on_disconnect()
+        except Exception as exc:
+            if not self.shutting_down:
+                log.info("module %s connection ended: %s", session.id, _first_line(exc))
+        finally:
+            log.info("module %s disconnected", session.id)
+            session.teardown(self.registry, Cause.MODULE_GONE, "the module disconnected")
+            self.sessions.pop(session.id, None)
+            self._connections.pop(session.id, None)
+            if server is not None:
+                with contextlib.suppress(Exception):
+                    server.close()
+            if stream is not None:
+                with contextlib.suppress(Exception):
+                    stream.close()
+            with contextlib.suppress(OSError):
+                conn.close()
+
+    async def _close_rpc_listener(self) -> None:
+        if self._accept_task is not None:
+            self._accept_task.cancel()
+        if self._listener is not None:
+            self._listener.close()
+        if self._unix_path:
+            with contextlib.suppress(OSError):
+                os.unlink(self._unix_path)
+
+    async def _close_connections(self) -> None:
+        for server, stream in list(self._connections.values()):
+            with contextlib.suppress(Exception):
+                server.close()
+            with contextlib.suppress(Exception):
+                stream.close()
+
+
+def _by_value(item: tuple[Cause, int]) -> str:
+    return item[0].value
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[-1] if text else type(exc).__name__
+
+
+def _peer_label(conn: socket.socket, peer: Any) -> str:
+    if conn.family == socket.AF_UNIX:
+        try:
+            creds = conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+            pid, uid, _gid = struct.unpack("3i", creds)
+            return f"pid {pid} uid {uid}"
+        except OSError:
+            return "unix"
+    return f"{peer[0]}:{peer[1]}"
+
+
+def _bind_unix(path: Path) -> socket.socket:
+    """A listening unix socket, mode 0600, in a directory only this user can enter."""
+    parent = path.parent
+    if not parent.exists():
+        parent.mkdir(mode=0o700, parents=True)
+    info = parent.stat()
+    if parent == _address.default_socket_dir() and (info.st_uid != os.getuid() or stat.S_IMODE(info.st_mode) & 0o077):
+        raise PermissionError(f"{parent} must be owned by uid {os.getuid()} with mode 0700")
+    if path.exists() or path.is_symlink():
+        if not stat.S_ISSOCK(path.lstat().st_mode):
+            raise FileExistsError(f"{path} exists and is not a socket")
+        probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            probe.connect(str(path))
+        except OSError:
+            path.unlink()  # stale: nobody listens
+        else:
+            raise OSError(f"another node is listening on {path}")
+        finally:
+            probe.close()
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    old = os.umask(0o177)
+    try:
+        sock.bind(str(path))
+    finally:
+        os.umask(old)
+    os.chmod(path, 0o600)
+    sock.listen(128)
+    return sock

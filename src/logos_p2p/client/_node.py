@@ -1,0 +1,357 @@
+"""Connecting to a node, registering protocols, opening streams."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import weakref
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import capnp
+
+from .. import _address, _schema
+from .._kj import kj_loop
+from ..errors import Cause, InvalidArgument, NodeShutdown, NodeUnavailable, Timeout
+from ._stream import Stream, _Core
+from ._translate import translate
+
+log = logging.getLogger("logos_p2p.client")
+rpc = _schema.load()
+
+Handler = Callable[[Stream], Awaitable[None]]
+
+DEFAULT_OPEN_TIMEOUT = 30.0
+RPC_TRAVERSAL_LIMIT_WORDS = 8 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class NodeInfo:
+    peer_id: str
+    addrs: list[str]
+    version: str
+
+
+@dataclass(frozen=True)
+class PeerInfo:
+    peer_id: str
+    addrs: list[str]
+
+
+def _timeout_ms(timeout: float | None) -> int:
+    if timeout is None:
+        return 0
+    if timeout <= 0:
+        raise InvalidArgument("timeout must be positive")
+    return max(1, round(timeout * 1000))
+
+
+class Registration:
+    """Protocol ids mounted on the node for this module, served by one handler."""
+
+    def __init__(self, node: Node, cap: Any, protocols: tuple[str, ...]) -> None:
+        self._node = node
+        self._cap: Any = cap
+        self.protocols = protocols
+
+    def __repr__(self) -> str:
+        return f"<Registration {list(self.protocols)}{'' if self._cap else ' (unregistered)'}>"
+
+    async def unregister(self) -> None:
+        """Unmount the protocol ids (idempotent). Streams already open keep working."""
+        cap, self._cap = self._cap, None
+        if cap is None:
+            return
+        self._node._registrations.discard(self)
+        with translate(self._node._is_shutting_down):
+            await cap.unregister()
+
+
+class _HandlerImpl(rpc.Handler.Server):  # type: ignore[name-defined,misc]
+    def __init__(self, node: Node, fn: Handler) -> None:
+        self._node = weakref.ref(node)
+        self._fn = fn
+
+    async def handle(self, stream: Any, info: Any, **_: Any) -> Any:
+        node = self._node()
+        if node is None or node._closed:
+            raise RuntimeError("the module is closing")
+        s = node._adopt(stream, info)
+        node._spawn_handler(self._fn, s)
+        return s.sink
+
+
+class Node:
+    """A connection to a logos-p2p node. Get one with :func:`connect`."""
+
+    def __init__(self, client: Any, cap: Any, address: str, *, push: bool) -> None:
+        self._client = client
+        self._cap = cap
+        self.address = address
+        self._push = push
+        self._closed = False
+        self._shutting_down = False
+        self._streams: weakref.WeakSet[_Core] = weakref.WeakSet()
+        self._registrations: set[Registration] = set()
+        self._handler_tasks: set[asyncio.Task[None]] = set()
+        self._watchers: list[asyncio.Future[Any]] = []
+        self.disconnected = asyncio.Event()
+
+    def __repr__(self) -> str:
+        return f"<Node {self.address}{' closed' if self._closed else ''}>"
+
+    def _is_shutting_down(self) -> bool:
+        return self._shutting_down
+
+    def _check_open(self) -> None:
+        if self._closed:
+            if self._shutting_down:
+                raise NodeShutdown("the node shut down")
+            raise NodeUnavailable("this connection to the node is closed")
+
+    async def _start(self, name: str | None) -> None:
+        wait_shutdown = asyncio.ensure_future(self._cap.waitShutdown())
+        wait_shutdown.add_done_callback(self._on_shutdown_notice)
+        disconnect = asyncio.ensure_future(self._client.on_disconnect())
+        disconnect.add_done_callback(lambda _f: self._on_disconnect())
+        self._watchers = [wait_shutdown, disconnect]
+        if name:
+            with translate():
+                await self._cap.setModuleName(moduleName=name)
+
+    def _on_shutdown_notice(self, fut: asyncio.Future[Any]) -> None:
+        if not fut.cancelled() and fut.exception() is None:
+            self._shutting_down = True
+
+    def _on_disconnect(self) -> None:
+        """The RPC connection ended: fail every stream, so no read or write hangs."""
+        if self.disconnected.is_set():
+            return
+        self._closed = True
+        cause = Cause.NODE_SHUTDOWN if self._shutting_down else Cause.MODULE_GONE
+        message = "the node shut down" if self._shutting_down else "the RPC connection to the node broke"
+        for core in list(self._streams):
+            core.fail(cause, message)
+        self.disconnected.set()
+
+    # -- node operations -------------------------------------------------------------------
+
+    async def info(self) -> NodeInfo:
+        """The node's peer id, dialable addresses and version."""
+        self._check_open()
+        with translate(self._is_shutting_down):
+            info = (await self._cap.info()).info
+        return NodeInfo(info.peerId, list(info.addrs), info.version)
+
+    async def connect_peer(self, addr: str, timeout: float | None = None) -> PeerInfo:
+        """Connect to a peer at ``addr`` (a multiaddr ending in ``/p2p/<peer id>``)."""
+        self._check_open()
+        with translate(self._is_shutting_down):
+            peer = (await self._cap.connectPeer(addr=addr, timeoutMs=_timeout_ms(timeout))).peer
+        return PeerInfo(peer.peerId, list(peer.addrs))
+
+    async def disconnect_peer(self, peer_id: str) -> None:
+        self._check_open()
+        with translate(self._is_shutting_down):
+            await self._cap.disconnectPeer(peerId=peer_id)
+
+    async def peers(self) -> list[PeerInfo]:
+        """Peers the node is connected to."""
+        self._check_open()
+        with translate(self._is_shutting_down):
+            peers = (await self._cap.peers()).peers
+        return [PeerInfo(p.peerId, list(p.addrs)) for p in peers]
+
+    async def status(self) -> dict[str, Any]:
+        """What the node holds: modules, registrations, streams, buffers, resets."""
+        self._check_open()
+        with translate(self._is_shutting_down):
+            status = (await self._cap.status()).status
+        out: dict[str, Any] = status.to_dict()
+        out.setdefault("modules", [])
+        out.setdefault("resets", [])
+        for module in out["modules"]:
+            module.setdefault("protocols", [])
+        return out
+
+    async def register(
+        self,
+        protocols: Sequence[str],
+        handler: Handler,
+        *,
+        share: bool = False,
+        accept_timeout: float | None = None,
+    ) -> Registration:
+        """Mount ``protocols`` on the node; ``handler(stream)`` runs for each inbound stream.
+
+        The handler owns its stream: when it returns the stream is closed, when
+        it raises the stream is reset. Prefer :meth:`handle`, which also
+        unregisters.
+        """
+        self._check_open()
+        if isinstance(protocols, str):
+            raise InvalidArgument("protocols must be a list of protocol ids, not a string")
+        protos = tuple(protocols)
+        options = {"share": share, "acceptTimeoutMs": _timeout_ms(accept_timeout)}
+        with translate(self._is_shutting_down):
+            answer = await self._cap.register(
+                protocols=list(protos), handler=_HandlerImpl(self, handler), options=options
+            )
+        registration = Registration(self, answer.registration, protos)
+        self._registrations.add(registration)
+        return registration
+
+    @contextlib.asynccontextmanager
+    async def handle(
+        self,
+        protocols: Sequence[str],
+        handler: Handler,
+        *,
+        share: bool = False,
+        accept_timeout: float | None = None,
+    ) -> AsyncIterator[Registration]:
+        """Serve ``protocols`` with ``handler`` while the block runs."""
+        registration = await self.register(protocols, handler, share=share, accept_timeout=accept_timeout)
+        try:
+            yield registration
+        finally:
+            if not self._closed:
+                with contextlib.suppress(NodeUnavailable):
+                    await registration.unregister()
+
+    async def open_stream(
+        self,
+        peer_id: str,
+        protocols: Sequence[str],
+        addrs: Sequence[str] | None = None,
+        timeout: float = DEFAULT_OPEN_TIMEOUT,
+    ) -> Stream:
+        """Open a stream to ``peer_id`` speaking the first of ``protocols`` it supports.
+
+        :raises PeerUnreachable: no connection could be made.
+        :raises ProtocolNotSupported: the peer speaks none of ``protocols``.
+        :raises Timeout: not done within ``timeout`` seconds.
+        """
+        self._check_open()
+        if isinstance(protocols, str):
+            raise InvalidArgument("protocols must be a list of protocol ids, not a string")
+        core = _Core(0)
+        stream_args: dict[str, Any] = {
+            "peerId": peer_id,
+            "protocols": list(protocols),
+            "addrs": list(addrs or ()),
+            "timeoutMs": _timeout_ms(timeout),
+        }
+        sink = None
+        if self._push:
+            from ._stream import Tuning, _Sink
+
+            core.limit = Tuning.rx_buffer
+            sink = _Sink(core)
+            stream_args["sink"] = sink
+        try:
+            with translate(self._is_shutting_down):
+                answer = await asyncio.wait_for(self._cap.openStream(**stream_args), timeout + 5)
+        except TimeoutError:
+            raise Timeout(f"the node did not answer openStream within {timeout + 5:g}s") from None
+        return self._adopt(answer.stream, answer.info, core)
+
+    # -- streams and handlers ------------------------------------------------------------------
+
+    def _adopt(self, cap: Any, info: Any, core: _Core | None = None) -> Stream:
+        from ._stream import Tuning
+
+        if core is None:
+            core = _Core(Tuning.rx_buffer)
+        stream = Stream(cap, info, push=self._push, shutting_down=self._is_shutting_down, core=core)
+        self._streams.add(core)
+        if self._closed:
+            core.fail(Cause.NODE_SHUTDOWN if self._shutting_down else Cause.MODULE_GONE)
+        return stream
+
+    def _spawn_handler(self, fn: Handler, stream: Stream) -> None:
+        task = asyncio.ensure_future(self._run_handler(fn, stream))
+        self._handler_tasks.add(task)
+        task.add_done_callback(self._handler_tasks.discard)
+
+    async def _run_handler(self, fn: Handler, stream: Stream) -> None:
+        try:
+            await fn(stream)
+        except asyncio.CancelledError:
+            await stream.reset()
+            raise
+        except Exception:
+            log.exception("handler for %s raised; resetting the stream", stream.protocol)
+            await stream.reset()
+            return
+        try:
+            await stream.close()
+        except Exception as exc:  # the peer reset it meanwhile: nothing left to do
+            log.debug("closing %r after its handler: %s", stream, exc)
+
+    async def aclose(self) -> None:
+        """Unregister, stop handlers, release every stream and close the connection."""
+        if self._closed and self.disconnected.is_set() and not self._handler_tasks:
+            self._close_rpc()
+            return
+        for registration in list(self._registrations):
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(registration.unregister(), 1.0)
+        tasks = list(self._handler_tasks)
+        for task in tasks:
+            task.cancel()
+        if tasks:
+            await asyncio.wait(tasks, timeout=2.0)
+        self._closed = True
+        self._close_rpc()
+
+    def _close_rpc(self) -> None:
+        for fut in self._watchers:
+            fut.cancel()
+        self._watchers = []
+        with contextlib.suppress(Exception):
+            self._client.close()
+        if not self.disconnected.is_set():
+            self._on_disconnect()
+
+
+@contextlib.asynccontextmanager
+async def connect(
+    address: str | None = None,
+    *,
+    name: str | None = None,
+    timeout: float = 10.0,
+    data_path: str = "push",
+) -> AsyncIterator[Node]:
+    """Connect to a node's RPC endpoint: ``unix:PATH`` or ``tcp:HOST:PORT``.
+
+    Without ``address``: ``$LOGOS_P2P_RPC``, else the node's default socket.
+    ``name`` labels this module in the node's status. Works on any asyncio
+    loop, including trio-asyncio's.
+    """
+    if data_path not in ("push", "pull"):
+        raise InvalidArgument("data_path must be 'push' or 'pull'")
+    target = _address.parse(address) if address else _address.default_address()
+    async with kj_loop():
+        try:
+            if target.kind == "unix":
+                opening = capnp.AsyncIoStream.create_unix_connection(target.path)
+            else:
+                opening = capnp.AsyncIoStream.create_connection(target.host, target.port)
+            conn = await asyncio.wait_for(opening, timeout)
+        except TimeoutError:
+            raise Timeout(f"connecting to {target} took longer than {timeout:g}s") from None
+        except OSError as exc:
+            raise NodeUnavailable(f"no node at {target}: {exc}") from exc
+        client = capnp.TwoPartyClient(conn, traversal_limit_in_words=RPC_TRAVERSAL_LIMIT_WORDS)
+        cap = client.bootstrap().cast_as(rpc.Node)
+        node = Node(client, cap, str(target), push=data_path == "push")
+        try:
+            await node._start(name)
+            yield node
+        finally:
+            await node.aclose()
+            with contextlib.suppress(Exception):
+                conn.close()

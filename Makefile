@@ -1,0 +1,45 @@
+# logos-p2p: `make run` starts a node, `make test` runs the whole suite.
+# Both create the virtual environment and install what they need first.
+
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+ARGS   ?=
+
+.PHONY: run test lint fmt bench clean lock
+
+$(STAMP): pyproject.toml constraints.txt
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --disable-pip-version-check -c constraints.txt -e '.[node,test,dev]'
+	touch $@
+
+## run: start a node on its defaults (ARGS="--listen ... --rpc ..." to change them)
+run: $(STAMP)
+	$(BIN)/logos-p2p serve $(ARGS)
+
+## test: lint, type-check and run the whole test suite
+test: $(STAMP)
+	$(BIN)/ruff check src tests examples bench
+	$(BIN)/mypy
+	$(BIN)/python -m pytest $(ARGS)
+
+lint: $(STAMP)
+	$(BIN)/ruff check src tests examples bench
+	$(BIN)/ruff format --check src tests examples bench
+	$(BIN)/mypy
+
+fmt: $(STAMP)
+	$(BIN)/ruff check --fix src tests examples bench
+	$(BIN)/ruff format src tests examples bench
+
+bench: $(STAMP)
+	$(BIN)/python bench/echo.py $(ARGS)
+
+lock: $(STAMP)
+	{ echo "# Exact versions every 'make' install resolves to (pip -c). Regenerate: make lock"; \
+	  $(BIN)/python -m pip freeze --exclude-editable | grep -v '^logos-p2p'; } > constraints.txt.new
+	mv constraints.txt.new constraints.txt
+
+clean:
+	rm -rf $(VENV) build dist .pytest_cache .mypy_cache .ruff_cache

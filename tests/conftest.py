@@ -1,0 +1,98 @@
+"""Fixtures: a node process, in-process peers, module processes, a client on trio-asyncio."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import trio
+import trio_asyncio
+
+from logos_p2p.client import connect
+
+from .support.modproc import ModuleProcess, start_module
+from .support.nodeproc import NodeProcess, start_node
+from .support.peer import Peer, open_peer
+
+
+@pytest.fixture
+def node_factory(tmp_path: Path) -> Iterator[Callable[..., NodeProcess]]:
+    nodes: list[NodeProcess] = []
+    counter = iter(range(100))
+
+    def make(*args: str, rpc: str | None = None) -> NodeProcess:
+        node = start_node(tmp_path / f"node{next(counter)}", *args, rpc=rpc)
+        nodes.append(node)
+        return node
+
+    try:
+        yield make
+    finally:
+        for node in nodes:
+            node.kill()
+
+
+@pytest.fixture
+def node(node_factory: Callable[..., NodeProcess]) -> NodeProcess:
+    return node_factory()
+
+
+@pytest.fixture
+async def peer() -> AsyncIterator[Peer]:
+    async with open_peer() as p:
+        yield p
+
+
+@pytest.fixture
+async def modules(nursery: trio.Nursery) -> AsyncIterator[Callable[..., Awaitable[ModuleProcess]]]:
+    started: list[ModuleProcess] = []
+
+    async def make(node: NodeProcess, data_path: str = "push", name: str = "test-module") -> ModuleProcess:
+        module = await start_module(nursery, node.rpc, data_path, name)
+        started.append(module)
+        return module
+
+    try:
+        yield make
+    finally:
+        for module in started:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(module.pid, signal.SIGKILL)
+            with trio.move_on_after(5):
+                await module.proc.wait()
+
+
+@pytest.fixture
+async def aio() -> AsyncIterator[Any]:
+    """An asyncio loop inside the test's trio loop (for client calls from the test)."""
+    async with trio_asyncio.open_loop() as loop:
+        yield loop
+
+
+async def node_status(rpc: str) -> dict[str, Any]:
+    """The node's status, asked over a fresh connection named "probe" (left out of modules)."""
+
+    async def ask() -> dict[str, Any]:
+        async with connect(rpc, name="probe") as n:
+            return await n.status()
+
+    async with trio_asyncio.open_loop():
+        status = await trio_asyncio.aio_as_trio(ask)()
+    status["modules"] = [m for m in status["modules"] if m["name"] != "probe"]
+    return status
+
+
+async def eventually(check: Callable[[], Awaitable[bool]], timeout: float = 5.0, what: str = "") -> None:
+    """Wait until ``check()`` is true; fail after ``timeout``.
+
+    For state in another process (the node's status over RPC), where there is
+    no event to wait on: re-ask until it holds, within a hard deadline.
+    """
+    with trio.fail_after(timeout):
+        while not await check():  # noqa: ASYNC110 - the condition lives in another process
+            await trio.sleep(0.02)

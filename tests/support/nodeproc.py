@@ -1,0 +1,80 @@
+"""A logos-p2p node as a real subprocess (``python -m logos_p2p serve``)."""
+
+from __future__ import annotations
+
+import json
+import os
+import selectors
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+
+@dataclass
+class NodeProcess:
+    proc: subprocess.Popen[bytes]
+    workdir: Path
+    peer_id: str = ""
+    addrs: list[str] = field(default_factory=list)
+    rpc: str = ""
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    @property
+    def addr(self) -> str:
+        return self.addrs[0]
+
+    def terminate(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            os.kill(self.proc.pid, signal.SIGKILL)
+        self.proc.wait(timeout=10)
+
+    def log(self) -> str:
+        return (self.workdir / "node.log").read_text(errors="replace")
+
+
+def start_node(workdir: Path, *args: str, rpc: str | None = None, timeout: float = 20.0) -> NodeProcess:
+    """Start a node on 127.0.0.1 with its RPC socket in ``workdir``; wait for its ready line."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    rpc = rpc or f"unix:{workdir / 'node.sock'}"
+    argv = [sys.executable, "-m", "logos_p2p", "serve", "--rpc", rpc, "--log-level", "debug", *args]
+    if "--listen" not in args:
+        argv += ["--listen", "/ip4/127.0.0.1/tcp/0"]
+    log = open(workdir / "node.log", "wb")  # noqa: SIM115 - closed with the process
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=log, stdin=subprocess.DEVNULL)
+    node = NodeProcess(proc, workdir)
+    try:
+        line = _read_line(proc, timeout)
+        ready: dict[str, Any] = json.loads(line)
+    except BaseException:
+        node.kill()
+        raise RuntimeError(f"node did not start:\n{node.log()[-3000:]}") from None
+    node.peer_id, node.addrs, node.rpc = ready["peer_id"], ready["addrs"], ready["rpc"]
+    return node
+
+
+def _read_line(proc: subprocess.Popen[bytes], timeout: float) -> str:
+    assert proc.stdout is not None
+    deadline = time.monotonic() + timeout
+    buf = b""
+    with selectors.DefaultSelector() as sel:
+        sel.register(proc.stdout, selectors.EVENT_READ)
+        while b"\n" not in buf:
+            left = deadline - time.monotonic()
+            if left <= 0 or not sel.select(left):
+                raise TimeoutError("no ready line")
+            chunk = os.read(proc.stdout.fileno(), 4096)
+            if not chunk:
+                raise EOFError("node exited")
+            buf += chunk
+    return buf.split(b"\n", 1)[0].decode()

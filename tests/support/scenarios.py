@@ -1,0 +1,201 @@
+"""Module-side code for tests: runs inside a module process (asyncio + client only).
+
+Each function takes the driver's context first. Tests call them by name.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import hashlib
+from typing import Any
+
+from logos_p2p.client import Stream
+
+# -- generic stream access: tests drive a module-side stream op by op -------------------------
+
+
+async def stream_op(ctx: Any, key: str, op: str, *args: Any) -> Any:
+    result = getattr(ctx.streams[key], op)(*args)
+    if asyncio.iscoroutine(result):
+        result = await result
+    return result
+
+
+async def stream_attr(ctx: Any, key: str, name: str) -> Any:
+    value = getattr(ctx.streams[key], name)
+    return value.value if hasattr(value, "value") else value
+
+
+async def read_with_timeout(ctx: Any, key: str, n: int, timeout: float) -> bytes | str:
+    try:
+        return await asyncio.wait_for(ctx.streams[key].read(n), timeout)
+    except TimeoutError:
+        return "timeout"
+
+
+async def cancelled_read_exactly(ctx: Any, key: str, n: int, timeout: float) -> str:
+    try:
+        await asyncio.wait_for(ctx.streams[key].read_exactly(n), timeout)
+    except TimeoutError:
+        return "timeout"
+    return "read"
+
+
+async def two_reads(ctx: Any, key: str) -> list[str]:
+    """Start two reads at once; report what each did."""
+    stream = ctx.streams[key]
+    first = asyncio.ensure_future(stream.read(10))
+    await asyncio.sleep(0)
+    try:
+        await stream.read(10)
+        second = "read"
+    except Exception as exc:
+        second = type(exc).__name__
+    first.cancel()
+    return ["pending", second]
+
+
+async def drop(ctx: Any, key: str) -> int:
+    """Forget a stream without closing it."""
+    del ctx.streams[key]
+    return gc.collect()
+
+
+async def write_many(ctx: Any, key: str, chunk: int, total: int) -> int:
+    stream: Stream = ctx.streams[key]
+    sent = 0
+    block = b"w" * chunk
+    while sent < total:
+        await stream.write(block)
+        sent += chunk
+        ctx.emit("progress", sent)
+    return sent
+
+
+async def read_into_hash(ctx: Any, key: str) -> tuple[int, str]:
+    stream: Stream = ctx.streams[key]
+    digest = hashlib.sha256()
+    size = 0
+    async for chunk in stream:
+        digest.update(chunk)
+        size += len(chunk)
+    return size, digest.hexdigest()
+
+
+async def write_pattern(ctx: Any, key: str, size: int, seed: int = 1) -> str:
+    stream: Stream = ctx.streams[key]
+    data = pattern(size, seed)
+    await stream.write(data)
+    return hashlib.sha256(data).hexdigest()
+
+
+def pattern(size: int, seed: int = 1) -> bytes:
+    block = hashlib.sha256(seed.to_bytes(8, "big")).digest() * 2048  # 64 KiB
+    return (block * (size // len(block) + 1))[:size]
+
+
+# -- streams: opening and accepting --------------------------------------------------------------
+
+
+async def open_stream(ctx: Any, key: str, peer_id: str, protocols: list[str], addrs: list[str], timeout: float) -> Any:
+    stream = await ctx.node.open_stream(peer_id, protocols, addrs=addrs, timeout=timeout)
+    ctx.streams[key] = stream
+    return {"protocol": stream.protocol, "direction": stream.direction, "remote_peer_id": stream.remote_peer_id}
+
+
+async def register_holder(ctx: Any, key: str, protocols: list[str], share: bool = False) -> list[str]:
+    """Register protocols; each inbound stream is kept in ctx.streams under a fresh key
+    ("<key>-<n>") and announced as event "stream"; the handler holds it until signalled
+    "release:<stream key>" (then returns, which closes it) or the stream finishes."""
+    counter = iter(range(1_000_000))
+
+    async def handler(stream: Stream) -> None:
+        skey = f"{key}-{next(counter)}"
+        ctx.streams[skey] = stream
+        ctx.emit(
+            "stream",
+            {
+                "key": skey,
+                "protocol": stream.protocol,
+                "remote_peer_id": stream.remote_peer_id,
+                "direction": stream.direction,
+                "remote_addr": stream.remote_addr,
+            },
+        )
+        await ctx.wait(f"release:{skey}")
+        if ctx.raise_on_release.get(skey):
+            raise RuntimeError("handler failed on purpose")
+
+    reg = await ctx.node.register(protocols, handler, share=share)
+    ctx.registrations[key] = reg
+    return list(reg.protocols)
+
+
+async def register_echo(ctx: Any, key: str, protocols: list[str]) -> list[str]:
+    async def echo(stream: Stream) -> None:
+        async for chunk in stream:
+            await stream.write(chunk)
+
+    reg = await ctx.node.register(protocols, echo)
+    ctx.registrations[key] = reg
+    return list(reg.protocols)
+
+
+async def register_failing(ctx: Any, key: str, protocols: list[str]) -> list[str]:
+    async def failing(stream: Stream) -> None:
+        await stream.read(1)
+        raise RuntimeError("handler bug")
+
+    reg = await ctx.node.register(protocols, failing)
+    ctx.registrations[key] = reg
+    return list(reg.protocols)
+
+
+async def unregister(ctx: Any, key: str) -> None:
+    await ctx.registrations.pop(key).unregister()
+
+
+async def drop_registration(ctx: Any, key: str) -> int:
+    del ctx.registrations[key]
+    return gc.collect()
+
+
+async def set_raise_on_release(ctx: Any, skey: str) -> None:
+    ctx.raise_on_release[skey] = True
+
+
+# -- node --------------------------------------------------------------------------------------------
+
+
+async def node_call(ctx: Any, op: str, *args: Any) -> Any:
+    result = await getattr(ctx.node, op)(*args)
+    if hasattr(result, "__dataclass_fields__"):
+        return {name: getattr(result, name) for name in result.__dataclass_fields__}
+    if isinstance(result, list):
+        return [{n: getattr(r, n) for n in r.__dataclass_fields__} for r in result]
+    return result
+
+
+async def wait_forever(ctx: Any) -> None:
+    await asyncio.Event().wait()
+
+
+async def use_as_context_manager(ctx: Any, key: str, fail: bool) -> str:
+    stream = ctx.streams[key]
+    try:
+        async with stream:
+            await stream.write(b"inside")
+            if fail:
+                raise ValueError("the block failed")
+    except ValueError:
+        return "raised"
+    return "exited"
+
+
+async def read_lp_error(ctx: Any, key: str, max_size: int) -> str:
+    try:
+        await ctx.streams[key].read_lp(max_size)
+    except Exception as exc:
+        return type(exc).__name__
+    return "no error"

@@ -1,0 +1,161 @@
+"""The trio <-> asyncio hand-off, on its own (no sockets, no libp2p)."""
+
+import asyncio
+import gc
+import threading
+from typing import Any
+
+import pytest
+import trio
+import trio.testing
+
+from logos_p2p.errors import NodeShutdown
+from logos_p2p.server._handoff import Loops, Wakeup, open_loops
+
+
+async def settle(loops: Loops, *tasks: "asyncio.Future[Any]") -> None:
+    """Wait (from trio) until the asyncio tasks are done and their callbacks ran."""
+    with trio.fail_after(2):
+        await loops.to_aio(lambda: asyncio.wait(tasks))
+
+
+async def test_wakeup_wakes_trio_and_asyncio_waiters_together():
+    async with open_loops() as loops:
+        wake = Wakeup()
+        woke: list[str] = []
+
+        async def aio_waiter() -> None:
+            await wake.wait_aio()
+            woke.append("aio")
+
+        async def trio_waiter() -> None:
+            await wake.wait_trio()
+            woke.append("trio")
+
+        task = loops.spawn_aio(aio_waiter())
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(trio_waiter)
+            await trio.testing.wait_all_tasks_blocked()
+            assert woke == []
+            wake.notify()
+        await settle(loops, task)
+        assert sorted(woke) == ["aio", "trio"]
+
+
+async def test_cancelling_one_asyncio_waiter_leaves_the_others_waiting():
+    async with open_loops() as loops:
+        wake = Wakeup()
+        first = loops.spawn_aio(wake.wait_aio())
+        second = loops.spawn_aio(wake.wait_aio())
+        await trio.testing.wait_all_tasks_blocked()
+        first.cancel()
+        await settle(loops, first)
+        assert first.cancelled() and not second.done()
+        wake.notify()
+        await settle(loops, second)
+        assert second.result() is None
+
+
+async def test_to_trio_returns_raises_and_cancels():
+    async with open_loops() as loops:
+
+        async def add() -> int:
+            await trio.lowlevel.checkpoint()
+            return 42
+
+        async def boom() -> int:
+            raise KeyError("x")
+
+        assert await loops.to_aio(lambda: loops.to_trio(add)) == 42
+        with pytest.raises(KeyError):
+            await loops.to_aio(lambda: loops.to_trio(boom))
+
+        cancelled = trio.Event()
+
+        async def forever() -> None:
+            try:
+                await trio.sleep_forever()
+            finally:
+                cancelled.set()
+
+        task = loops.spawn_aio(loops.to_trio(forever))
+        await trio.testing.wait_all_tasks_blocked()
+        task.cancel()
+        with trio.fail_after(2):
+            await cancelled.wait()
+
+
+async def test_a_result_the_caller_gave_up_on_goes_to_orphan():
+    async with open_loops() as loops:
+        release = trio.Event()
+        orphaned = trio.Event()
+        orphans: list[str] = []
+
+        async def opener() -> str:
+            with trio.CancelScope(shield=True):  # like a stream that opens anyway
+                await release.wait()
+            return "stream"
+
+        def orphan(result: str) -> None:
+            orphans.append(result)
+            orphaned.set()
+
+        task = loops.spawn_aio(loops.to_trio(opener, orphan=orphan))
+        await trio.testing.wait_all_tasks_blocked()
+        task.cancel()
+        release.set()
+        with trio.fail_after(2):
+            await orphaned.wait()
+        await settle(loops, task)
+        assert orphans == ["stream"] and task.cancelled()
+
+
+async def test_the_trio_side_stopping_fails_the_caller_with_node_shutdown():
+    async with open_loops() as loops:
+        started = trio.Event()
+
+        async def hang() -> None:
+            started.set()
+            await trio.sleep_forever()
+
+        task = loops.aio.create_task(loops.to_trio(hang))
+        await started.wait()
+        loops.nursery.cancel_scope.cancel()
+        await settle(loops, task)
+        assert isinstance(task.exception(), NodeShutdown)
+
+
+async def test_a_failing_background_task_is_logged_not_fatal(caplog):
+    async with open_loops() as loops:
+
+        async def fail() -> None:
+            raise RuntimeError("one task broke")
+
+        task = loops.spawn_aio(fail())
+        await settle(loops, task)
+        assert loops.aio_tasks == 0
+    assert "a node task failed" in caplog.text and "one task broke" in caplog.text
+
+
+async def test_soon_runs_in_trio_from_del_and_from_other_threads():
+    async with open_loops() as loops:
+        ran: list[str] = []
+        done = trio.Event()
+
+        class Dropped:
+            def __del__(self) -> None:
+                loops.soon(lambda: ran.append("del"))
+
+        Dropped()
+        gc.collect()
+        thread = threading.Thread(target=lambda: loops.soon(lambda: (ran.append("thread"), done.set())))
+        thread.start()
+        with trio.fail_after(2):
+            await done.wait()
+        thread.join()
+        assert sorted(ran) == ["del", "thread"]
+
+
+async def test_asyncio_code_runs_from_any_trio_task():
+    async with open_loops() as loops:
+        assert await loops.to_aio(lambda: asyncio.sleep(0, result="aio")) == "aio"

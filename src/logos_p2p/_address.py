@@ -42,7 +42,10 @@ def default_address() -> Address:
 
 
 def parse(text: str) -> Address:
-    """Parse ``unix:PATH``, ``tcp:HOST:PORT`` (``tcp:[::1]:PORT``) or a bare path."""
+    """Parse ``unix:PATH``, ``tcp:HOST:PORT`` (``tcp:[::1]:PORT``) or a bare path.
+
+    Port 0 is allowed (a listener picks a free port); connecting needs a real one.
+    """
     if text.startswith("unix:"):
         path = text[len("unix:") :]
         if not path:
@@ -54,7 +57,7 @@ def parse(text: str) -> Address:
             host, sep, port = rest[1:].partition("]:")
         else:
             host, sep, port = rest.rpartition(":")
-        if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        if not sep or not host or not port.isdigit() or not 0 <= int(port) < 65536:
             raise InvalidArgument(f"expected tcp:HOST:PORT, got {text!r}")
         return Address("tcp", host=host, port=int(port))
     if text.startswith("/") or text.startswith("."):

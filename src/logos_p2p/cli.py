@@ -52,9 +52,19 @@ def main(argv: list[str] | None = None) -> int:
 def _serve(args: argparse.Namespace) -> int:
     import trio
 
+    from . import _address
+    from .errors import LogosP2PError
     from .server import NodeConfig, NodeService
-    from .server._libp2p import quiet_libp2p_logs
+    from .server._libp2p import parse_addr, quiet_libp2p_logs
 
+    try:  # bad arguments fail before anything starts
+        if args.rpc:
+            _address.parse(args.rpc)
+        for addr in args.listen or ():
+            parse_addr(addr)
+    except LogosP2PError as exc:
+        print(f"logos-p2p serve: {exc}", file=sys.stderr)
+        return 2
     level = getattr(logging, args.log_level.upper())
     logging.basicConfig(level=level, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     quiet_libp2p_logs(level)
@@ -78,10 +88,17 @@ def _serve(args: argparse.Namespace) -> int:
         trio.run(run)
     except KeyboardInterrupt:  # a second signal during shutdown
         return 130
-    except OSError as exc:
-        logging.getLogger("logos_p2p.node").error("cannot start: %s", exc)
+    except Exception as exc:
+        logging.getLogger("logos_p2p.node").error("the node stopped: %s", _leaf(exc), exc_info=level <= logging.DEBUG)
         return 1
     return 0
+
+
+def _leaf(exc: BaseException) -> str:
+    """The first real error inside trio's exception groups, as one line."""
+    while isinstance(exc, BaseExceptionGroup) and exc.exceptions:
+        exc = exc.exceptions[0]
+    return f"{type(exc).__name__}: {exc}"
 
 
 def _status(args: argparse.Namespace) -> int:

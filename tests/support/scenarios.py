@@ -199,3 +199,94 @@ async def read_lp_error(ctx: Any, key: str, max_size: int) -> str:
     except Exception as exc:
         return type(exc).__name__
     return "no error"
+
+
+async def cut_rpc(ctx: Any) -> int:
+    """Shut the RPC socket down under the client, as a broken connection would."""
+    import os
+    import socket
+    import stat
+
+    cut = 0
+    for name in os.listdir("/proc/self/fd"):
+        fd = int(name)
+        try:
+            if not stat.S_ISSOCK(os.fstat(fd).st_mode):
+                continue
+            sock = socket.socket(fileno=os.dup(fd))
+        except OSError:
+            continue
+        try:
+            if sock.family == socket.AF_UNIX and sock.getpeername():
+                sock.shutdown(socket.SHUT_RDWR)
+                cut += 1
+        except OSError:
+            pass
+        finally:
+            sock.close()
+    await asyncio.wait_for(ctx.node.disconnected.wait(), 5)
+    return cut
+
+
+async def register_raw_dropper(ctx: Any, protocols: list[str]) -> None:
+    """A Handler written against the schema directly, that lets every Stream go at once."""
+    from logos_p2p import _schema
+
+    rpc = _schema.load()
+
+    class Dropper(rpc.Handler.Server):  # type: ignore[misc,name-defined]
+        async def handle(self, stream: Any, info: Any, **_: Any) -> None:
+            ctx.emit("dropped", info.id)  # return no sink; the stream capability is released
+
+    answer = await ctx.node._cap.register(protocols=protocols, handler=Dropper(), options={})
+    ctx.registrations["raw"] = answer.registration
+
+
+async def pending_open(ctx: Any, key: str, peer_id: str, addr: str, timeout: float) -> str:
+    ctx.emit("opening", key)
+    await open_stream(ctx, key, peer_id, ["/never/1.0.0"], [addr], timeout)
+    return "opened"
+
+
+async def handle_block(ctx: Any, key: str, protocols: list[str]) -> str:
+    """Serve protocols inside `async with node.handle(...)` until signalled "leave:<key>"."""
+    counter = iter(range(1_000_000))
+
+    async def handler(stream: Stream) -> None:
+        skey = f"{key}-{next(counter)}"
+        ctx.streams[skey] = stream
+        ctx.emit("stream", {"key": skey})
+        await ctx.wait(f"release:{skey}")
+
+    async with ctx.node.handle(protocols, handler):
+        ctx.emit("registered", key)
+        await ctx.wait(f"leave:{key}")
+    return "left"
+
+
+async def register_never_answers(ctx: Any, protocols: list[str], accept_timeout: float) -> None:
+    """A raw Handler that takes every stream and never answers handle()."""
+    from logos_p2p import _schema
+
+    rpc = _schema.load()
+
+    class Silent(rpc.Handler.Server):  # type: ignore[misc,name-defined]
+        async def handle(self, stream: Any, info: Any, **_: Any) -> None:
+            ctx.emit("offered", info.id)
+            await asyncio.Event().wait()
+
+    options = {"acceptTimeoutMs": int(accept_timeout * 1000)}
+    answer = await ctx.node._cap.register(protocols=protocols, handler=Silent(), options=options)
+    ctx.registrations["silent"] = answer.registration
+
+
+async def register_expect_error(ctx: Any, protocols: Any, share: bool = False) -> str:
+    try:
+        ctx.registrations[f"r{len(ctx.registrations)}"] = await ctx.node.register(protocols, _noop, share=share)
+    except Exception as exc:
+        return type(exc).__name__
+    return "registered"
+
+
+async def _noop(stream: Stream) -> None:
+    await stream.write(b"served")

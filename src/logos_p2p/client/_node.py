@@ -94,7 +94,8 @@ class Node:
         self._closed = False
         self._shutting_down = False
         self._streams: weakref.WeakSet[_Core] = weakref.WeakSet()
-        self._registrations: set[Registration] = set()
+        # weak: dropping a Registration releases its capability, which unregisters it
+        self._registrations: weakref.WeakSet[Registration] = weakref.WeakSet()
         self._handler_tasks: set[asyncio.Task[None]] = set()
         self._watchers: list[asyncio.Future[Any]] = []
         self.disconnected = asyncio.Event()
@@ -187,8 +188,11 @@ class Node:
         """Mount ``protocols`` on the node; ``handler(stream)`` runs for each inbound stream.
 
         The handler owns its stream: when it returns the stream is closed, when
-        it raises the stream is reset. Prefer :meth:`handle`, which also
-        unregisters.
+        it raises the stream is reset.
+
+        Keep the returned :class:`Registration`: like every capability, dropping
+        it unregisters the protocols. Prefer :meth:`handle`, which holds it for
+        the duration of a block.
         """
         self._check_open()
         if isinstance(protocols, str):
@@ -334,6 +338,8 @@ async def connect(
     if data_path not in ("push", "pull"):
         raise InvalidArgument("data_path must be 'push' or 'pull'")
     target = _address.parse(address) if address else _address.default_address()
+    if target.kind == "tcp" and target.port == 0:
+        raise InvalidArgument("connect needs a port other than 0")
     async with kj_loop():
         try:
             if target.kind == "unix":

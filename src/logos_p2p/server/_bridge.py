@@ -153,7 +153,9 @@ class Bridge:
 
     @property
     def buffered(self) -> int:
-        return len(self.rx) + self.tx_bytes + self.push_inflight
+        """Bytes of this stream held in the node, including the muxer's receive buffer."""
+        muxer = 0 if self.wire_released else _libp2p.muxer_buffered(self.net)
+        return len(self.rx) + self.tx_bytes + self.push_inflight + muxer
 
     # -- start ---------------------------------------------------------------------
 

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from contextlib import asynccontextmanager
 from typing import Any, TypeVar
@@ -36,6 +37,7 @@ from .._kj import kj_loop
 from ..errors import NodeShutdown
 
 T = TypeVar("T")
+log = logging.getLogger("logos_p2p.node")
 
 
 class Wakeup:
@@ -97,9 +99,9 @@ class Loops:
     def _aio_done(self, task: asyncio.Task[Any]) -> None:
         self._aio_tasks.discard(task)
         if not task.cancelled() and task.exception() is not None:
-            self.aio.call_exception_handler(
-                {"message": "unhandled error in a node task", "exception": task.exception(), "task": task}
-            )
+            # Not loop.call_exception_handler: under trio-asyncio that re-raises
+            # into trio and would stop the whole node for one failed task.
+            log.error("a node task failed", exc_info=task.exception())
 
     def spawn_trio(self, fn: Callable[[], Awaitable[Any]]) -> None:
         """Start a trio task in the node's nursery (from trio or asyncio code)."""

@@ -236,6 +236,16 @@ async def release(net_stream: INetStream) -> None:
         await net_stream.close()
 
 
+def muxer_buffered(net_stream: INetStream) -> int:
+    """Bytes the muxer holds for this stream that nobody has read yet."""
+    muxed = net_stream.muxed_stream
+    if isinstance(muxed, YamuxStream):
+        return len(muxed.conn.stream_buffers.get(muxed.stream_id) or b"")
+    if isinstance(muxed, MplexStream):
+        return len(muxed._buf)
+    return 0
+
+
 def remote_peer_id(net_stream: INetStream) -> str:
     return str(net_stream.muxed_conn.peer_id)
 

@@ -334,7 +334,25 @@ async def test_open_stream_failures_are_typed_and_timely(node, peer, modules, bl
         await module.call("open_stream", "e", "not-a-peer-id", ["/echo/1.0.0"], [], 5)
     with pytest.raises(InvalidArgument):
         await module.call("open_stream", "f", peer.peer_id, ["no-slash"], [peer.addr], 5)
+    with pytest.raises(InvalidArgument):  # an address that names another peer
+        await module.call("open_stream", "h", stranger(), ["/echo/1.0.0"], [peer.addr], 5)
 
     # and the node still opens streams afterwards
     await module.call("open_stream", "g", peer.peer_id, ["/echo/1.0.0"], [peer.addr], 10)
     assert (await node_status(node.rpc))["streams"] == 1
+
+
+async def test_a_reset_before_the_handler_answers_still_reaches_the_module(node, peer, modules):
+    """The handler's answer (carrying its sink) crosses the reset: the sink must hear it."""
+    module = await modules(node)
+    await module.call("register_late_answer", [PROTO])
+    stream = await peer.open(node.addr, [PROTO])
+    await module.event("offered")
+    await stream.reset()
+
+    async def reset_seen() -> bool:
+        return any(r["cause"] == "remoteReset" for r in (await node_status(node.rpc))["resets"])
+
+    await eventually(reset_seen)
+    module.signal("answer")
+    assert await module.event("end") == "remoteReset"

@@ -290,3 +290,28 @@ async def register_expect_error(ctx: Any, protocols: Any, share: bool = False) -
 
 async def _noop(stream: Stream) -> None:
     await stream.write(b"served")
+
+
+async def register_late_answer(ctx: Any, protocols: list[str]) -> None:
+    """A raw Handler that answers handle() only when signalled "answer", with a sink
+    that reports every end() as event "end"."""
+    from logos_p2p import _schema
+
+    rpc = _schema.load()
+
+    class Sink(rpc.ByteSink.Server):  # type: ignore[misc,name-defined]
+        async def push(self, data: bytes, **_: Any) -> None:
+            ctx.emit("pushed", data)
+
+        async def end(self, reason: Any, **_: Any) -> None:
+            ctx.emit("end", str(reason.reset) if reason.which() == "reset" else "eof")
+
+    class Late(rpc.Handler.Server):  # type: ignore[misc,name-defined]
+        async def handle(self, stream: Any, info: Any, **_: Any) -> Any:
+            ctx.streams["late"] = stream
+            ctx.emit("offered", info.id)
+            await ctx.wait("answer")
+            return Sink()
+
+    answer = await ctx.node._cap.register(protocols=protocols, handler=Late(), options={})
+    ctx.registrations["late"] = answer.registration

@@ -161,11 +161,21 @@ class Bridge:
 
     def start(self) -> None:
         """Start the pump and writer (from trio or asyncio code)."""
+        log.debug("%r: opened with %s", self, self.info.remote_peer_id)
         self.loops.spawn_trio(self._pump)
         self.loops.spawn_trio(self._writer)
 
     def attach_sink(self, sink: Any) -> None:
-        """Push inbound bytes to ``sink`` from now on (instead of pull reads)."""
+        """Push inbound bytes to ``sink`` from now on (instead of pull reads).
+
+        The sink may arrive after the stream already ended (the handler's answer
+        crossed a reset): then it only hears how it ended.
+        """
+        if self.state.is_reset:
+            assert self.state.cause is not None
+            if self.state.cause not in _MODULE_KNOWS:
+                self._tell_sink_end(self.state.cause, self.state.message, sink)
+            return
         self.sink = sink
         self.loops.spawn_aio(self._pusher())
 
@@ -206,6 +216,7 @@ class Bridge:
             self.tasks -= 1
 
     def _remote_eof(self) -> None:
+        log.debug("%r: the peer half-closed", self)
         self.rx_eof = True
         self.state.handle(Event.RECV_EOF)
         self.rx_changed.notify()
@@ -268,6 +279,7 @@ class Bridge:
         are dropped: a reset is abortive.
         """
         moved = self.state.reset(cause, message)
+        log.debug("%r: reset (%s%s) %s", self, cause.value, ", from the wire" if from_wire else "", message)
         if self.wire_error is None and not self.wire_released:
             self.wire_error = reset_error(cause, message)
         if moved:
@@ -319,6 +331,7 @@ class Bridge:
         self.detached = True
         self.sink = None
         self.owner.forget(self)
+        log.debug("%r: done", self)
 
     # -- push mode (asyncio) --------------------------------------------------------------
 
@@ -359,8 +372,9 @@ class Bridge:
             self.abandon(Cause.MODULE_GONE, "pushing to the module failed", linger=False)
         self.rx_changed.notify()
 
-    def _tell_sink_end(self, cause: Cause, message: str) -> None:
-        sink = self.sink
+    def _tell_sink_end(self, cause: Cause, message: str, sink: Any = None) -> None:
+        if sink is None:
+            sink = self.sink
 
         async def tell() -> None:
             with contextlib.suppress(Exception):

@@ -376,7 +376,7 @@ async def open_stream(
     if peer_id == host.get_id():
         raise InvalidArgument("cannot open a stream to the node itself")
     if addrs:
-        host.get_peerstore().add_addrs(peer_id, [parse_addr(a) for a in addrs], 600)
+        host.get_peerstore().add_addrs(peer_id, [_transport_part(a, peer_id) for a in addrs], 600)
     try:
         with trio.fail_after(timeout):
             return await host.new_stream(peer_id, [TProtocol(p) for p in protocols])
@@ -391,6 +391,17 @@ async def open_stream(
         if isinstance(exc, (SwarmException, *_STREAM_GONE)):
             raise PeerUnreachable(f"cannot reach {peer}: {exc}") from exc
         raise
+
+
+def _transport_part(text: str, peer_id: ID) -> multiaddr.Multiaddr:
+    """``addr`` without a trailing ``/p2p/<id>``, which must then name ``peer_id``."""
+    addr = parse_addr(text)
+    if "/p2p/" in text:
+        info = parse_peer_addr(text)
+        if info.peer_id != peer_id:
+            raise InvalidArgument(f"{text} names another peer than {peer_id}")
+        addr = info.addrs[0]
+    return addr
 
 
 def connected_peers(host: IHost) -> list[tuple[str, list[str]]]:

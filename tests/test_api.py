@@ -193,3 +193,18 @@ def test_the_wheel_ships_the_schema(tmp_path):
     names = zipfile.ZipFile(wheel).namelist()
     assert "logos_p2p/schema/logos_p2p.capnp" in names
     assert "logos_p2p/client/__init__.py" in names and "logos_p2p/server/__init__.py" in names
+
+
+async def test_one_handler_serves_several_versions_and_each_stream_knows_its_own(node, peer, modules):
+    module = await modules(node)
+    await module.call("register_holder", "h", ["/chat/2.0.0", "/chat/1.0.0"])
+    for wanted, negotiated in [
+        (["/chat/2.0.0"], "/chat/2.0.0"),
+        (["/chat/1.0.0"], "/chat/1.0.0"),
+        (["/chat/3.0.0", "/chat/1.0.0"], "/chat/1.0.0"),
+    ]:
+        stream = await peer.open(node.addr, wanted)
+        assert stream.get_protocol() == negotiated
+        event = await module.event("stream")
+        assert (event["protocol"], event["direction"]) == (negotiated, "inbound")
+        assert event["remote_peer_id"] == peer.peer_id

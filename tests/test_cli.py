@@ -84,6 +84,7 @@ def test_default_rpc_socket_is_private(tmp_path):
         status = run_cli("status", env=env)  # finds the default socket too
         assert status.returncode == 0, status.stderr
         assert json.loads(status.stdout)["peerId"] == ready["peer_id"]
+        assert json.loads(status.stdout)["modules"] == []  # it does not list itself
         proc.send_signal(signal.SIGINT)
         assert proc.wait(timeout=5) == 0
         assert not sock.exists()  # removed on the way out

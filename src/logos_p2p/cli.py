@@ -12,6 +12,8 @@ from typing import Any
 
 from . import __version__
 
+STATUS_NAME = "logos-p2p status"
+
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="logos-p2p", description=__doc__)
@@ -107,8 +109,10 @@ def _status(args: argparse.Namespace) -> int:
     from .client import connect
 
     async def run() -> Any:
-        async with connect(args.rpc or None) as node:
-            return await node.status()
+        async with connect(args.rpc or None, name=STATUS_NAME) as node:
+            status = await node.status()
+        status["modules"] = [m for m in status["modules"] if m["name"] != STATUS_NAME]  # not ourselves
+        return status
 
     print(json.dumps(asyncio.run(run()), indent=2))
     return 0

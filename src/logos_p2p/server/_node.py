@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
 import logging
 import os
 import socket
@@ -286,6 +287,8 @@ class NodeService:
             sock = socket.create_server((address.host, address.port), backlog=128, reuse_port=False)
             host, port = sock.getsockname()[:2]
             where = str(_address.Address("tcp", host=host, port=port))
+            if not ipaddress.ip_address(host).is_loopback:
+                log.warning("the TCP RPC endpoint %s accepts modules without authentication", where)
         sock.setblocking(False)
         self._listener = sock
         self._unix_path = address.path if address.kind == "unix" else ""

@@ -29,6 +29,7 @@ from typing import Any
 
 from .. import _schema, _wire
 from .._state import Event, State, StreamState
+from .._waiters import AioWaiters
 from ..errors import (
     Busy,
     Cause,
@@ -68,24 +69,13 @@ class _Core:
         self.buf = bytearray()
         self.need = 0  # a framed reader needs this many bytes buffered
         self.limit = limit
-        self._waiters: list[asyncio.Future[None]] = []
+        self._waiters = AioWaiters()
 
     def wake(self) -> None:
-        waiters, self._waiters = self._waiters, []
-        for fut in waiters:
-            if not fut.done():
-                fut.set_result(None)
+        self._waiters.notify()
 
     async def wait(self) -> None:
-        fut = asyncio.get_running_loop().create_future()
-        self._waiters.append(fut)
-        try:
-            await fut
-        finally:
-            if not fut.done():
-                fut.cancel()
-                with contextlib.suppress(ValueError):
-                    self._waiters.remove(fut)
+        await self._waiters.wait()
 
     def feed(self, data: bytes) -> None:
         if self.state.state in (State.OPEN, State.SEND_CLOSED):

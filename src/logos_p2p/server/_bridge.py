@@ -28,6 +28,7 @@ import contextlib
 import itertools
 import logging
 from collections import deque
+from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import partial
 from typing import TYPE_CHECKING, Any, Protocol
@@ -181,39 +182,45 @@ class Bridge:
 
     # -- trio tasks ------------------------------------------------------------------
 
-    async def _pump(self) -> None:
-        if self.wire_released or self.state.is_reset:
-            return
+    @contextlib.contextmanager
+    def _task(self) -> Iterator[trio.CancelScope]:
+        """Run one of the bridge's trio tasks: counted, and cancelled by :meth:`reset`."""
         self.tasks += 1
-        limits = self.limits
         try:
             with trio.CancelScope() as scope:
                 self._scopes.append(scope)
-                self._pump_scope = scope
-                if self.state.state is State.CLOSED:
-                    scope.deadline = trio.current_time() + limits.close_linger
-                while True:
-                    while self.state.state is not State.CLOSED and len(self.rx) >= max(limits.rx_buffer, self.rx_need):
-                        await self.rx_changed.wait_trio()
-                    try:
-                        data = await _libp2p.read(self.net, limits.read_chunk)
-                    except StreamReset as exc:
-                        self.reset(exc.cause, str(exc), from_wire=True)
-                        return
-                    if data is None:
-                        self._remote_eof()
-                        return
-                    self.bytes_in += len(data)
-                    self.owner.account(self, bytes_in=len(data))
-                    if self.state.state is State.CLOSED:
-                        continue  # closed by the module: drain and drop
-                    self.rx += data
-                    self.rx_changed.notify()
-            if scope.cancelled_caught and self.state.state is State.CLOSED and not self.wire_released:
-                # the peer never half-closed within close_linger
-                self.reset(Cause.TIMEOUT, "the peer did not finish after close")
+                yield scope
         finally:
             self.tasks -= 1
+
+    async def _pump(self) -> None:
+        if self.wire_released or self.state.is_reset:
+            return
+        limits = self.limits
+        with self._task() as scope:
+            self._pump_scope = scope
+            if self.state.state is State.CLOSED:
+                scope.deadline = trio.current_time() + limits.close_linger
+            while True:
+                while self.state.state is not State.CLOSED and len(self.rx) >= max(limits.rx_buffer, self.rx_need):
+                    await self.rx_changed.wait_trio()
+                try:
+                    data = await _libp2p.read(self.net, limits.read_chunk)
+                except StreamReset as exc:
+                    self.reset(exc.cause, str(exc), from_wire=True)
+                    return
+                if data is None:
+                    self._remote_eof()
+                    return
+                self.bytes_in += len(data)
+                self.owner.account(self, bytes_in=len(data))
+                if self.state.state is State.CLOSED:
+                    continue  # closed by the module: drain and drop
+                self.rx += data
+                self.rx_changed.notify()
+        if scope.cancelled_caught and self.state.state is State.CLOSED and not self.wire_released:
+            # the peer never half-closed within close_linger
+            self.reset(Cause.TIMEOUT, "the peer did not finish after close")
 
     def _remote_eof(self) -> None:
         log.debug("%r: the peer half-closed", self)
@@ -225,42 +232,37 @@ class Bridge:
     async def _writer(self) -> None:
         if self.wire_released or self.state.is_reset:
             return
-        self.tasks += 1
         limits = self.limits
-        try:
-            with trio.CancelScope() as scope:
-                self._scopes.append(scope)
-                while True:
-                    while not self.tx and not self.eof_wanted:
-                        await self.tx_changed.wait_trio()
-                    if self.tx:
-                        batch = [self.tx.popleft()]
-                        size = len(batch[0])
-                        while self.tx and size + len(self.tx[0]) <= limits.write_batch:
-                            chunk = self.tx.popleft()
-                            batch.append(chunk)
-                            size += len(chunk)
-                        try:
-                            await _libp2p.write(self.net, batch[0] if len(batch) == 1 else b"".join(batch))
-                        except StreamReset as exc:
-                            self.reset(exc.cause, str(exc), from_wire=True)
-                            return
-                        self.tx_bytes -= size
-                        self.bytes_out += size
-                        self.owner.account(self, bytes_out=size)
-                        self.tx_changed.notify()
-                        continue
+        with self._task():
+            while True:
+                while not self.tx and not self.eof_wanted:
+                    await self.tx_changed.wait_trio()
+                if self.tx:
+                    batch = [self.tx.popleft()]
+                    size = len(batch[0])
+                    while self.tx and size + len(self.tx[0]) <= limits.write_batch:
+                        chunk = self.tx.popleft()
+                        batch.append(chunk)
+                        size += len(chunk)
                     try:
-                        await _libp2p.close_write(self.net)
+                        await _libp2p.write(self.net, batch[0] if len(batch) == 1 else b"".join(batch))
                     except StreamReset as exc:
                         self.reset(exc.cause, str(exc), from_wire=True)
                         return
-                    self.eof_sent = True
+                    self.tx_bytes -= size
+                    self.bytes_out += size
+                    self.owner.account(self, bytes_out=size)
                     self.tx_changed.notify()
-                    self._check_wire()
+                    continue
+                try:
+                    await _libp2p.close_write(self.net)
+                except StreamReset as exc:
+                    self.reset(exc.cause, str(exc), from_wire=True)
                     return
-        finally:
-            self.tasks -= 1
+                self.eof_sent = True
+                self.tx_changed.notify()
+                self._check_wire()
+                return
 
     def _check_wire(self) -> None:
         """Release the libp2p stream once both directions ended cleanly."""

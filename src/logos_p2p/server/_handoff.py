@@ -34,6 +34,7 @@ import trio
 import trio_asyncio
 
 from .._kj import kj_loop
+from .._waiters import AioWaiters
 from ..errors import NodeShutdown
 
 T = TypeVar("T")
@@ -51,17 +52,13 @@ class Wakeup:
 
     def __init__(self) -> None:
         self._trio: trio.Event | None = None
-        self._aio: list[asyncio.Future[None]] = []
+        self._aio = AioWaiters()
 
     def notify(self) -> None:
         if self._trio is not None:
             event, self._trio = self._trio, None
             event.set()
-        if self._aio:
-            futures, self._aio = self._aio, []
-            for fut in futures:
-                if not fut.done():
-                    fut.set_result(None)
+        self._aio.notify()
 
     async def wait_trio(self) -> None:
         if self._trio is None:
@@ -69,15 +66,7 @@ class Wakeup:
         await self._trio.wait()
 
     async def wait_aio(self) -> None:
-        fut = asyncio.get_running_loop().create_future()
-        self._aio.append(fut)
-        try:
-            await fut
-        finally:
-            if not fut.done():
-                fut.cancel()
-                with contextlib.suppress(ValueError):
-                    self._aio.remove(fut)
+        await self._aio.wait()
 
 
 class Loops:

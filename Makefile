@@ -8,7 +8,10 @@ STAMP  := $(VENV)/.installed
 ARGS   ?=
 CODE   := $(wildcard src tests examples bench)
 
-.PHONY: run test lint fmt bench clean lock
+.PHONY: run test demo lint fmt bench clean lock system-deps
+
+# Debian packages the tests drive (installed when missing, if we may)
+SYSTEM_DEPS := tmux
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -19,8 +22,20 @@ $(STAMP): pyproject.toml constraints.txt
 run: $(STAMP)
 	$(BIN)/logos-p2p serve $(ARGS)
 
+## demo: two nodes on loopback, the echo module on one, a ping through the other
+demo: $(STAMP)
+	$(BIN)/python examples/echo/demo.py
+
+system-deps:
+	@missing=""; for p in $(SYSTEM_DEPS); do command -v $$p >/dev/null || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+	  if [ "$$(id -u)" = 0 ]; then apt-get update -q && apt-get install -y -q $$missing; \
+	  elif command -v sudo >/dev/null; then sudo apt-get install -y -q $$missing; \
+	  else echo "please install:$$missing" >&2; exit 1; fi; \
+	fi
+
 ## test: lint, type-check and run the whole test suite
-test: $(STAMP)
+test: $(STAMP) system-deps
 	$(BIN)/ruff check $(CODE)
 	$(BIN)/mypy
 	$(BIN)/python -m pytest $(ARGS)

@@ -8,7 +8,7 @@ STAMP  := $(VENV)/.installed
 ARGS   ?=
 CODE   := $(wildcard src tests examples bench)
 
-.PHONY: run test demo lint fmt bench clean lock system-deps
+.PHONY: run test demo lint fmt bench clean lock system-deps peers
 
 # Debian packages the tests drive (installed when missing, if we may)
 SYSTEM_DEPS := tmux
@@ -34,8 +34,12 @@ system-deps:
 	  else echo "please install:$$missing" >&2; exit 1; fi; \
 	fi
 
+## peers: the real go-libp2p (p2pd) and js-libp2p peers for the interop tests (cached in .cache/)
+peers: $(STAMP)
+	$(BIN)/python tests/interop/setup_peers.py
+
 ## test: lint, type-check and run the whole test suite
-test: $(STAMP) system-deps
+test: $(STAMP) system-deps peers
 	$(BIN)/ruff check $(CODE)
 	$(BIN)/mypy
 	$(BIN)/python -m pytest $(ARGS)
@@ -58,4 +62,4 @@ lock: $(STAMP)
 	mv constraints.txt.new constraints.txt
 
 clean:
-	rm -rf $(VENV) build dist .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) build dist .pytest_cache .mypy_cache .ruff_cache .cache tests/interop/js/node_modules

@@ -23,6 +23,7 @@
 #     node-shutdown            the node is shutting down
 #     protocol-not-supported   the remote peer speaks none of the requested protocols
 #     peer-unreachable         no connection to the peer could be made
+#     negotiation-failed       protocol negotiation broke off (the peer reset or closed the stream)
 #     timeout                  the operation's own timeout expired
 #     invalid-argument         a parameter is malformed (bad protocol id, peer id, size...)
 #     protocol-in-use          another module registered that protocol id

@@ -156,6 +156,34 @@ async def test_soon_runs_in_trio_from_del_and_from_other_threads():
         assert sorted(ran) == ["del", "thread"]
 
 
+async def test_a_failing_deferred_callback_is_logged_not_fatal(caplog):
+    async with open_loops() as loops:
+        done = trio.Event()
+
+        def boom() -> None:
+            raise RuntimeError("deferred callback broke")
+
+        loops.soon(boom)
+        loops.soon(done.set)
+        with trio.fail_after(2):
+            await done.wait()
+    assert "a deferred node callback failed" in caplog.text and "deferred callback broke" in caplog.text
+
+
+async def test_starting_a_task_after_the_node_stopped_is_a_no_op():
+    async with open_loops() as loops:
+        pass
+    loops.spawn_trio(trio.lowlevel.checkpoint)  # the nursery is closed: nothing happens, nothing raises
+
+
+async def test_errors_reported_to_asyncio_are_logged_not_raised_into_trio(caplog):
+    """pycapnp reports a cancelled server call that raised through the loop's exception handler."""
+    async with open_loops() as loops:
+        loops.aio.call_exception_handler({"message": "Cancelled server method x raised", "exception": KeyError("k")})
+        await trio.lowlevel.checkpoint()
+    assert "Cancelled server method x raised" in caplog.text
+
+
 async def test_asyncio_code_runs_from_any_trio_task():
     async with open_loops() as loops:
         assert await loops.to_aio(lambda: asyncio.sleep(0, result="aio")) == "aio"

@@ -19,6 +19,27 @@ from .support import peer as p
 from .support.nodeproc import NodeProcess
 
 
+def holders(cls: type) -> list[str]:
+    """Who refers to surviving ``cls`` objects (types and frames only: no repr of capnp objects)."""
+    import types
+
+    out = []
+    for obj in gc.get_objects():
+        if type(obj) is cls:
+            for ref in gc.get_referrers(obj):
+                if isinstance(ref, types.FrameType):
+                    out.append(f"frame {ref.f_code.co_name}:{ref.f_lineno}")
+                elif isinstance(ref, dict):
+                    owners = [type(o).__name__ for o in gc.get_referrers(ref) if not isinstance(o, types.FrameType)]
+                    out.append(f"dict of {owners[:3]}")
+                elif isinstance(ref, list):
+                    owners = [type(o).__name__ for o in gc.get_referrers(ref) if not isinstance(o, types.FrameType)]
+                    out.append(f"list in {owners[:4]}")
+                else:
+                    out.append(type(ref).__name__)
+    return out
+
+
 def live(*types: type) -> dict[str, int]:
     gc.collect()
     counts = dict.fromkeys((t.__name__ for t in types), 0)
@@ -81,7 +102,10 @@ async def test_streams_and_modules_leave_nothing_behind(embedded, peer, modules)
     async def collected() -> bool:  # the module's capability releases may still be on their way
         return live(*TYPES) == expected
 
-    await eventually(collected, timeout=5)
+    try:
+        await eventually(collected, timeout=5)
+    except trio.TooSlowError:
+        raise AssertionError(f"still alive: {live(*TYPES)}; Bridge held by {holders(Bridge)}") from None
 
     module.kill()  # and a dead module takes its session and registrations with it
 

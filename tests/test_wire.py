@@ -54,6 +54,7 @@ ERRORS = [
     e.NodeShutdown("bye"),
     e.ProtocolNotSupported("none of them"),
     e.PeerUnreachable("no route"),
+    e.NegotiationFailed("broke off"),
     e.Timeout("slow"),
     e.InvalidArgument("bad id"),
     e.ProtocolInUse("taken"),

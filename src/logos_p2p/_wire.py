@@ -24,6 +24,7 @@ _KINDS: dict[str, type[e.LogosP2PError]] = {
     "node-shutdown": e.NodeShutdown,
     "protocol-not-supported": e.ProtocolNotSupported,
     "peer-unreachable": e.PeerUnreachable,
+    "negotiation-failed": e.NegotiationFailed,
     "timeout": e.Timeout,
     "invalid-argument": e.InvalidArgument,
     "protocol-in-use": e.ProtocolInUse,

@@ -130,6 +130,10 @@ class PeerUnreachable(OpenStreamError):
     """No connection to the peer could be made."""
 
 
+class NegotiationFailed(OpenStreamError):
+    """Protocol negotiation broke off: the peer reset or closed the stream mid-way."""
+
+
 class Timeout(LogosP2PError, TimeoutError):
     """An operation's own timeout expired (opening a stream, dialing...)."""
 
@@ -171,6 +175,7 @@ __all__ = [
     "InvalidArgument",
     "LimitExceeded",
     "LogosP2PError",
+    "NegotiationFailed",
     "NodeDisconnected",
     "NodeShutdown",
     "NodeUnavailable",

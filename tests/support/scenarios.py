@@ -315,3 +315,29 @@ async def register_late_answer(ctx: Any, protocols: list[str]) -> None:
 
     answer = await ctx.node._cap.register(protocols=protocols, handler=Late(), options={})
     ctx.registrations["late"] = answer.registration
+
+
+async def send_and_receive(ctx: Any, key: str, size: int, expect: int, seed: int = 1) -> dict[str, Any]:
+    """Write `size` pattern bytes while reading `expect` bytes, at the same time, on one stream."""
+    stream: Stream = ctx.streams[key]
+    data = pattern(size, seed)
+
+    async def send() -> None:
+        for i in range(0, size, 65536):
+            await stream.write(data[i : i + 65536])
+
+    sending = asyncio.ensure_future(send())
+    received = await stream.read_exactly(expect)
+    await sending
+    return {"sent": hashlib.sha256(data).hexdigest(), "received": hashlib.sha256(received).hexdigest()}
+
+
+async def echo_stream(ctx: Any, key: str) -> int:
+    """Echo a held stream until the peer half-closes; then close it. Returns the byte count."""
+    stream: Stream = ctx.streams[key]
+    total = 0
+    async for chunk in stream:
+        await stream.write(chunk)
+        total += len(chunk)
+    await stream.close()
+    return total

@@ -22,6 +22,7 @@ from ..errors import IncompleteRead as IncompleteRead
 from ..errors import InvalidArgument as InvalidArgument
 from ..errors import LimitExceeded as LimitExceeded
 from ..errors import LogosP2PError as LogosP2PError
+from ..errors import NegotiationFailed as NegotiationFailed
 from ..errors import NodeDisconnected as NodeDisconnected
 from ..errors import NodeShutdown as NodeShutdown
 from ..errors import NodeUnavailable as NodeUnavailable
@@ -51,6 +52,7 @@ __all__ = [
     "InvalidArgument",
     "LimitExceeded",
     "LogosP2PError",
+    "NegotiationFailed",
     "Node",
     "NodeDisconnected",
     "NodeInfo",

@@ -14,7 +14,7 @@ import capnp
 
 from .. import _address, _schema
 from .._kj import kj_loop
-from ..errors import Cause, InvalidArgument, NodeShutdown, NodeUnavailable, Timeout
+from ..errors import Cause, InvalidArgument, NodeShutdown, NodeUnavailable, StreamError, Timeout
 from ._stream import Stream, _Core
 from ._translate import translate
 
@@ -286,6 +286,10 @@ class Node:
         except asyncio.CancelledError:
             await stream.reset()
             raise
+        except (StreamError, NodeUnavailable) as exc:  # the stream broke under the handler
+            log.debug("handler for %s ended with %s: %s", stream.protocol, type(exc).__name__, exc)
+            await stream.reset()
+            return
         except Exception:
             log.exception("handler for %s raised; resetting the stream", stream.protocol)
             await stream.reset()

@@ -12,6 +12,12 @@ A :class:`Bridge` is a full-duplex pipe with two bounded buffers:
   in the order they arrive, and are answered once ``tx`` is below its bound; a
   trio *writer* task drains ``tx`` to libp2p, then sends the half-close.
 
+The bridge never cancels its own libp2p calls: py-libp2p's writes are not
+cancel-safe (a write cut while the socket waits for room leaves half a frame
+on the connection every stream shares; a read cut while it sends a window
+update loses the bytes it took). A reset wakes the pump and writer instead:
+resetting the libp2p stream makes their pending call return or raise.
+
 The stream's logical state is one :class:`~logos_p2p._state.StreamState`.
 The *wire* (the libp2p stream) is released when both directions ended cleanly
 or reset; the bridge leaves its module's books when the module can do nothing
@@ -143,8 +149,6 @@ class Bridge:
         self.wire_released = False
         self.detached = False
         self.tasks = 0
-        self._scopes: list[trio.CancelScope] = []
-        self._pump_scope: trio.CancelScope | None = None
         self.bytes_in = 0
         self.bytes_out = 0
 
@@ -183,13 +187,11 @@ class Bridge:
     # -- trio tasks ------------------------------------------------------------------
 
     @contextlib.contextmanager
-    def _task(self) -> Iterator[trio.CancelScope]:
-        """Run one of the bridge's trio tasks: counted, and cancelled by :meth:`reset`."""
+    def _task(self) -> Iterator[None]:
+        """Count one of the bridge's tasks while it runs."""
         self.tasks += 1
         try:
-            with trio.CancelScope() as scope:
-                self._scopes.append(scope)
-                yield scope
+            yield
         finally:
             self.tasks -= 1
 
@@ -197,13 +199,14 @@ class Bridge:
         if self.wire_released or self.state.is_reset:
             return
         limits = self.limits
-        with self._task() as scope:
-            self._pump_scope = scope
-            if self.state.state is State.CLOSED:
-                scope.deadline = trio.current_time() + limits.close_linger
+        with self._task():
             while True:
                 while self.state.state is not State.CLOSED and len(self.rx) >= max(limits.rx_buffer, self.rx_need):
+                    if self.wire_released:
+                        return
                     await self.rx_changed.wait_trio()
+                if self.wire_released:
+                    return
                 try:
                     data = await _libp2p.read(self.net, limits.read_chunk)
                 except StreamReset as exc:
@@ -218,9 +221,14 @@ class Bridge:
                     continue  # closed by the module: drain and drop
                 self.rx += data
                 self.rx_changed.notify()
-        if scope.cancelled_caught and self.state.state is State.CLOSED and not self.wire_released:
-            # the peer never half-closed within close_linger
-            self.reset(Cause.TIMEOUT, "the peer did not finish after close")
+
+    async def _linger(self) -> None:
+        """After close(): give the peer close_linger to half-close, then reset."""
+        with self._task(), trio.move_on_after(self.limits.close_linger):
+            while not self.wire_released:
+                await self.rx_changed.wait_trio()
+            return
+        self.reset(Cause.TIMEOUT, "the peer did not finish after close")
 
     def _remote_eof(self) -> None:
         log.debug("%r: the peer half-closed", self)
@@ -235,8 +243,10 @@ class Bridge:
         limits = self.limits
         with self._task():
             while True:
-                while not self.tx and not self.eof_wanted:
+                while not self.tx and not self.eof_wanted and not self.wire_released:
                     await self.tx_changed.wait_trio()
+                if self.wire_released:
+                    return
                 if self.tx:
                     batch = [self.tx.popleft()]
                     size = len(batch[0])
@@ -269,6 +279,8 @@ class Bridge:
         if self.eof_sent and self.rx_eof and not self.wire_released:
             self.wire_released = True
             self.loops.spawn_trio(partial(_libp2p.release, self.net))
+            self.rx_changed.notify()
+            self.tx_changed.notify()
         self._maybe_detach()
 
     # -- the one abort path -------------------------------------------------------------
@@ -292,8 +304,6 @@ class Bridge:
             self.rx.clear()
         self.tx.clear()
         self.tx_bytes = 0
-        for scope in self._scopes:
-            scope.cancel()
         if not self.wire_released:
             self.wire_released = True
             self.loops.spawn_trio(partial(_libp2p.reset, self.net))
@@ -494,8 +504,8 @@ class Bridge:
         if writable:
             self.eof_wanted = True
             self.tx_changed.notify()
-        if self._pump_scope is not None and not self.rx_eof:
-            self._pump_scope.deadline = trio.current_time() + self.limits.close_linger
+        if not self.rx_eof:
+            self.loops.spawn_trio(self._linger)
         self._maybe_detach()
         await self._flushed()
 

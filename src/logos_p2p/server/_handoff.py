@@ -35,6 +35,7 @@ import trio_asyncio
 
 from .._kj import kj_loop
 from .._waiters import AioWaiters
+from .._wire import RemoteError
 from ..errors import NodeShutdown
 
 T = TypeVar("T")
@@ -93,8 +94,14 @@ class Loops:
             log.error("a node task failed", exc_info=task.exception())
 
     def spawn_trio(self, fn: Callable[[], Awaitable[Any]]) -> None:
-        """Start a trio task in the node's nursery (from trio or asyncio code)."""
-        self.nursery.start_soon(fn)
+        """Start a trio task in the node's nursery (from trio or asyncio code).
+
+        Once the node is stopping (its nursery closed), this does nothing.
+        """
+        try:
+            self.nursery.start_soon(fn)
+        except RuntimeError:  # "Nursery is closed to new arrivals"
+            log.debug("the node is stopping; %r not started", fn)
 
     async def to_trio(self, fn: Callable[[], Awaitable[T]], orphan: Callable[[T], Any] | None = None) -> T:
         """From asyncio: run the trio function ``fn`` in the node's nursery and await it.
@@ -140,13 +147,35 @@ class Loops:
         return await self.aio.run_aio_coroutine(fn())  # type: ignore[attr-defined,no-any-return]
 
     def soon(self, fn: Callable[[], Any]) -> None:
-        """Run ``fn`` in trio at the next turn. Safe from any context (GC, other threads)."""
+        """Run ``fn`` in trio at the next turn. Safe from any context (GC, other threads).
+
+        ``fn`` runs as a trio system callback, where an exception would be a
+        TrioInternalError ending the whole node: its errors are logged instead.
+        """
+
+        def guarded() -> None:
+            try:
+                fn()
+            except Exception:
+                log.exception("a deferred node callback failed")
+
         with contextlib.suppress(trio.RunFinishedError):
-            self.token.run_sync_soon(fn)
+            self.token.run_sync_soon(guarded)
 
     @property
     def aio_tasks(self) -> int:
         return len(self._aio_tasks)
+
+
+def _log_asyncio_error(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+    message = str(context.get("message", "error"))
+    exc = context.get("exception")
+    if message.startswith("Cancelled server method") and isinstance(exc, RemoteError):
+        # pycapnp: the call ended with our answer just before the module cancelled it.
+        # Expected, and the answer is moot; keep the traceback (and its frames) out of logs.
+        log.debug("asyncio: %s: %s", message, exc)
+        return
+    log.warning("asyncio: %s", message, exc_info=exc)
 
 
 @asynccontextmanager
@@ -157,6 +186,9 @@ async def open_loops() -> AsyncIterator[Loops]:
     cancelled on exit, before the KJ loop stops.
     """
     async with trio_asyncio.open_loop() as aio_loop, trio.open_nursery() as outer:
+        # trio-asyncio's default handler re-raises asyncio errors into trio, which
+        # would stop the node; pycapnp reports e.g. a cancelled call that raised there.
+        aio_loop.set_exception_handler(_log_asyncio_error)
         entered = trio.Event()
         release = trio.Event()
 

@@ -7,12 +7,16 @@ py-libp2p 0.8.1 gaps closed here (each one small and documented):
 
 1. **A remote reset reads as end of stream.** yamux removes a reset stream
    from its table before the waiting reader wakes, so the pending ``read``
-   raises ``StreamEOF``; mplex does the same on a concurrent RESET. The muxer
-   still records the truth (yamux ``reset_received``, mplex ``event_reset``,
-   and the connection's ``event_shutting_down``), so :func:`_eof_cause` reads
-   it after every ``StreamEOF``. When in doubt it reports a lost connection
-   rather than a clean end: mistaking a truncated stream for a complete one
-   would lose bytes silently.
+   raises ``StreamEOF``; but it records ``reset_received`` first, so
+   :func:`_eof_cause` reads the truth after every ``StreamEOF`` (and the
+   connection's ``event_shutting_down`` for a lost connection). mplex's
+   ``_handle_reset`` closes the stream's message channel -- waking the
+   reader -- *before* it sets ``event_reset``, so the reader cannot know;
+   :func:`install_fixes` wraps it to set ``event_reset`` first (seen with
+   js-libp2p's ``abort()`` over mplex: half the resets read as a clean end).
+   When in doubt :func:`_eof_cause` reports a lost connection rather than a
+   clean end: mistaking a truncated stream for a complete one would lose
+   bytes silently.
 2. **mplex is not full duplex.** ``MplexStream.read`` holds the stream's
    ``ReadWriteLock`` read side while it waits for data, so a ``write`` on the
    same stream waits for the next inbound message; a peer that reads and
@@ -25,9 +29,15 @@ py-libp2p 0.8.1 gaps closed here (each one small and documented):
    reads as a reset: a peer that pauses reading would break the stream.
    :func:`write` never hands yamux more than the current send window, so its
    timeout path is never taken; a slow reader only slows the writer.
+4. **A local reset leaves a pending yamux read waiting forever.**
+   ``YamuxStream.reset`` drops the stream's wake-up event from the
+   connection's table without setting it, so a reader already waiting on it
+   never returns. :func:`reset` sets it after resetting; the reader then sees
+   the stream gone. (Cancelling the reader instead is not safe: py-libp2p
+   reads and writes are not cancel-safe, see ``_bridge``.)
 
-Upstream: the first two are py-libp2p bugs worth reporting with these
-descriptions; the third is by design there ("yamux has no deadlines").
+Upstream: 1, 2 and 4 are py-libp2p bugs worth reporting with these
+descriptions; 3 is by design there ("yamux has no deadlines").
 """
 
 from __future__ import annotations
@@ -56,6 +66,7 @@ from libp2p.peer.id import ID
 from libp2p.peer.peerinfo import PeerInfo, info_from_p2p_addr
 from libp2p.protocol_muxer.exceptions import MultiselectClientError
 from libp2p.stream_muxer.exceptions import MuxedConnUnavailable, MuxedStreamError
+from libp2p.stream_muxer.mplex.mplex import Mplex
 from libp2p.stream_muxer.mplex.mplex_stream import MplexStream
 from libp2p.stream_muxer.yamux.yamux import YamuxStream
 
@@ -63,6 +74,7 @@ from ..errors import (
     Cause,
     InvalidArgument,
     LogosP2PError,
+    NegotiationFailed,
     PeerUnreachable,
     ProtocolNotSupported,
     StreamClosed,
@@ -110,7 +122,8 @@ _fixes_installed = False
 
 
 def install_fixes() -> None:
-    """Patch MplexStream so reads do not block writes (see the module docstring)."""
+    """Patch mplex: reads do not block writes, and a reset is marked before the
+    reader wakes (see the module docstring)."""
     global _fixes_installed
     if _fixes_installed:
         return
@@ -120,7 +133,16 @@ def install_fixes() -> None:
         original_init(self, *args, **kwargs)
         self.rw_lock = _DuplexLock()  # type: ignore[assignment]
 
+    original_handle_reset = Mplex._handle_reset
+
+    async def handle_reset(self: Mplex, stream_id: Any) -> None:
+        stream = self.streams.get(stream_id) if self.streams is not None else None
+        if stream is not None and not stream.event_remote_closed.is_set():
+            stream.event_reset.set()  # before the original wakes the reader
+        await original_handle_reset(self, stream_id)
+
     MplexStream.__init__ = init  # type: ignore[method-assign]
+    Mplex._handle_reset = handle_reset  # type: ignore[method-assign]
     _fixes_installed = True
 
 
@@ -225,9 +247,18 @@ async def close_write(net_stream: INetStream) -> None:
 
 
 async def reset(net_stream: INetStream) -> None:
-    """Reset on the wire; never raises (the stream may be gone already)."""
+    """Reset on the wire; never raises (the stream may be gone already).
+
+    A pending ``read`` on the stream returns or raises afterwards (fix 4).
+    """
+    muxed = net_stream.muxed_stream
+    waiting = None
+    if isinstance(muxed, YamuxStream):
+        waiting = muxed.conn.stream_events.get(muxed.stream_id)
     with contextlib.suppress(Exception):
         await net_stream.reset()
+    if waiting is not None:
+        waiting.set()
 
 
 async def release(net_stream: INetStream) -> None:
@@ -386,7 +417,13 @@ async def open_stream(
         chain: BaseException | None = exc
         while chain is not None:
             if isinstance(chain, MultiselectClientError):
-                raise ProtocolNotSupported(f"{peer} supports none of {list(protocols)}") from exc
+                # py-libp2p says "protocols not supported" only when every id got "na"
+                text = str(chain)
+                if "not supported" in text:
+                    raise ProtocolNotSupported(f"{peer} supports none of {list(protocols)}") from exc
+                if "timed out" in text:
+                    raise Timeout(f"{peer} did not finish negotiating {list(protocols)}") from exc
+                raise NegotiationFailed(f"negotiating {list(protocols)} with {peer} broke off: {text}") from exc
             chain = chain.__cause__
         if isinstance(exc, (SwarmException, *_STREAM_GONE)):
             raise PeerUnreachable(f"cannot reach {peer}: {exc}") from exc
@@ -411,6 +448,16 @@ def connected_peers(host: IHost) -> list[tuple[str, list[str]]]:
         addrs = [_endpoint_maddr(getattr(conn.muxed_conn, "get_remote_address", None)) for conn in conns]
         out.append((str(peer_id), [a for a in addrs if a]))
     return out
+
+
+async def push_identify(host: IHost) -> None:
+    """Tell connected peers our current protocols (identify/push), so they stop
+    assuming a protocol we unmounted (go-libp2p negotiates lazily when it
+    believes a peer supports a protocol)."""
+    from libp2p.identity.identify_push.identify_push import push_identify_to_peers
+
+    with contextlib.suppress(Exception):
+        await push_identify_to_peers(host)
 
 
 async def disconnect(host: IHost, peer: str) -> None:

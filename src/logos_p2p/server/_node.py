@@ -85,6 +85,8 @@ class NodeService:
         self._listener: socket.socket | None = None
         self._accept_task: asyncio.Task[Any] | None = None
         self._offers = 0
+        self._identify_dirty = False
+        self._identify_pushing = False
         self.loops: Loops
 
     # -- running ---------------------------------------------------------------------
@@ -172,6 +174,7 @@ class NodeService:
             return await coro
         except asyncio.CancelledError:
             if self.shutting_down:
+                task.uncancel()  # this cancellation is handled: it becomes NodeShutdown
                 raise NodeShutdown() from None
             raise
         finally:
@@ -206,9 +209,27 @@ class NodeService:
 
     def _mount(self, proto: str) -> None:
         self.host.set_stream_handler(proto, self._on_inbound)  # type: ignore[arg-type]
+        self._protocols_changed()
 
     def _unmount(self, proto: str) -> None:
         self.host.remove_stream_handler(proto)  # type: ignore[arg-type]
+        self._protocols_changed()
+
+    def _protocols_changed(self) -> None:
+        """Push identify to connected peers; a burst of changes costs one push (plus one)."""
+        self._identify_dirty = True
+        if not self._identify_pushing and not self.shutting_down:
+            self._identify_pushing = True
+            self.loops.spawn_trio(self._push_identify)
+
+    async def _push_identify(self) -> None:
+        try:
+            while self._identify_dirty and not self.shutting_down:
+                self._identify_dirty = False
+                with trio.move_on_after(5):
+                    await _libp2p.push_identify(self.host)
+        finally:
+            self._identify_pushing = False
 
     async def open_stream(
         self, session: ModuleSession, peer: str, protocols: list[str], addrs: list[str], timeout: float

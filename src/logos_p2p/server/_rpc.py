@@ -7,6 +7,7 @@ and turns a logos-p2p error into a marker the client reads back
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 from collections.abc import Iterator
@@ -31,9 +32,14 @@ MAX_TIMEOUT_MS = 24 * 3600 * 1000
 
 @contextlib.contextmanager
 def remote_errors() -> Iterator[None]:
+    """Raise logos-p2p errors as markers for the module; a call the module already
+    cancelled ends cancelled instead (pycapnp reports anything else as an error)."""
     try:
         yield
     except LogosP2PError as exc:
+        task = asyncio.current_task()
+        if task is not None and task.cancelling():
+            raise asyncio.CancelledError from None
         raise RemoteError(exc) from None
 
 

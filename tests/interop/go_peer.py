@@ -74,6 +74,14 @@ class PeerError(Exception):
         self.name = name
 
 
+def _die_with_parent() -> None:
+    """In the child: SIGKILL it when this driver dies, however it dies (Linux)."""
+    import ctypes
+
+    pr_set_pdeathsig = 1
+    ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGKILL)
+
+
 class Stream:
     """One libp2p stream, as p2pd's unix socket.
 
@@ -172,6 +180,7 @@ class Daemon:
                 stdout=subprocess.DEVNULL,
                 stderr=log,
                 env=env,
+                preexec_fn=_die_with_parent,
             )
 
     def _listening(self) -> bool:
@@ -322,6 +331,19 @@ class Daemon:
     async def readAll(self, key: str) -> str:
         return b64(await self.streams[key].rest())
 
+    async def drain(self, key: str) -> dict[str, Any]:
+        """Read and drop everything until p2pd closes our socket."""
+        stream = self.streams[key]
+        total = len(stream.buf)
+        stream.buf.clear()
+        while chunk := await self.loop_recv(stream):
+            total += len(chunk)
+        return {"bytes": total, "error": None}
+
+    @staticmethod
+    async def loop_recv(stream: Stream) -> bytes:
+        return await stream.loop.sock_recv(stream.sock, 1 << 20)
+
     async def readHash(self, key: str) -> dict[str, Any]:
         data = await self.streams[key].rest()
         return {"size": len(data), "sha": hashlib.sha256(data).hexdigest()}
@@ -372,7 +394,7 @@ async def main() -> None:
     daemon = Daemon()
     await daemon.start()
     info = await daemon.info()
-    out({"event": "ready", **info})
+    out({"event": "ready", **info, "daemonPid": daemon.proc.pid})
     loop = asyncio.get_running_loop()
     reader = asyncio.StreamReader()
     await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)

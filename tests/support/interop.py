@@ -7,6 +7,7 @@ same JSON lines, so a test does not care which one it talks to.
 from __future__ import annotations
 
 import base64
+import contextlib
 import itertools
 import json
 import os
@@ -40,6 +41,7 @@ class InteropPeer:
         self.proc = proc
         self.peer_id = ""
         self.addrs: list[str] = []
+        self.daemon_pid: int | None = None  # p2pd, for go
         self._ids = itertools.count(1)
         self._pending: dict[int, trio.MemorySendChannel[Any]] = {}
         self._events: defaultdict[str, list[dict[str, Any]]] = defaultdict(list)
@@ -118,8 +120,11 @@ class InteropPeer:
         return int(await self.call("writeLp", key=key, frames=[base64.b64encode(f).decode() for f in frames]))
 
     def kill(self) -> None:
-        if self.proc.returncode is None:
-            os.kill(self.proc.pid, signal.SIGKILL)
+        """SIGKILL the driver and, for go, its p2pd, each by PID."""
+        for pid in (self.daemon_pid, self.proc.pid if self.proc.returncode is None else None):
+            if pid is not None:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
 
 
 async def start_peer(nursery: trio.Nursery, kind: str, muxer: str = "yamux") -> InteropPeer:
@@ -147,4 +152,5 @@ async def start_peer(nursery: trio.Nursery, kind: str, muxer: str = "yamux") -> 
         peer.kill()
         raise
     peer.peer_id, peer.addrs = ready["peerId"], ready["addrs"]
+    peer.daemon_pid = ready.get("daemonPid")
     return peer

@@ -198,6 +198,18 @@ const ops = {
   },
   readExactly: async ({ key, n }) => b64(await streams.get(key).take(n)),
   readAll: async ({ key }) => b64(await streams.get(key).rest()),
+  drain: async ({ key }) => {
+    // read and drop everything until the stream ends; report how it ended
+    const peer = streams.get(key)
+    let bytes = 0
+    while (true) {
+      bytes += peer.buf.byteLength
+      peer.buf.consume(peer.buf.byteLength)
+      if (peer.error) return { bytes, error: peer.error.name }
+      if (peer.ended) return { bytes, error: null }
+      await peer.changed()
+    }
+  },
   readHash: async ({ key }) => {
     const data = await streams.get(key).rest()
     return { size: data.byteLength, sha: sha(data) }

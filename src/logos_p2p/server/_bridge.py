@@ -188,10 +188,17 @@ class Bridge:
 
     @contextlib.contextmanager
     def _task(self) -> Iterator[None]:
-        """Count one of the bridge's tasks while it runs."""
+        """Run one of the bridge's tasks: counted, and never able to stop the node.
+
+        An unexpected error resets this stream (and is logged) instead of
+        escaping into the node's nursery, which would end every stream.
+        """
         self.tasks += 1
         try:
             yield
+        except Exception as exc:
+            log.exception("%r: a stream task failed", self)
+            self.reset(Cause.PROTOCOL_ERROR, f"internal error: {type(exc).__name__}")
         finally:
             self.tasks -= 1
 

@@ -77,7 +77,6 @@ from ..errors import (
     NegotiationFailed,
     PeerUnreachable,
     ProtocolNotSupported,
-    StreamClosed,
     StreamReset,
     Timeout,
     reset_error,
@@ -182,13 +181,14 @@ def _gone(net_stream: INetStream, exc: BaseException) -> StreamReset:
 
 @contextlib.contextmanager
 def _translate(net_stream: INetStream) -> Iterator[None]:
+    """libp2p errors as logos-p2p errors. The node only writes before its own
+    half-close, so a "closed" stream under a write was closed underneath it:
+    mplex marks a stream the peer reset as closed. That is a reset."""
     try:
         yield
     except LogosP2PError:
         raise
-    except Libp2pStreamClosed as exc:
-        raise StreamClosed(str(exc) or "the stream is closed for writing") from exc
-    except _STREAM_GONE as exc:
+    except (Libp2pStreamClosed, *_STREAM_GONE) as exc:
         raise _gone(net_stream, exc) from exc
 
 

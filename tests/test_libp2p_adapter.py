@@ -1,0 +1,128 @@
+"""The node's py-libp2p boundary (server/_libp2p.py), on two in-process hosts, per muxer.
+
+One test per py-libp2p 0.8.1 gap the adapter closes.
+"""
+
+from __future__ import annotations
+
+import pytest
+import trio
+import trio.testing
+from libp2p.peer.id import ID
+
+from logos_p2p.errors import Cause, ConnectionLost, StreamReset
+from logos_p2p.server import _libp2p
+
+from .support.peer import open_peer
+
+PROTO = "/adapter/1.0.0"
+
+
+@pytest.fixture(params=["yamux", "mplex"])
+async def pair(request):
+    """(our stream, their stream) between two hosts speaking the given muxer."""
+    async with open_peer(request.param) as a, open_peer(request.param) as b:
+        incoming = b.serve(PROTO)
+        ours = await a.open(b.addr, [PROTO])
+        with trio.fail_after(5):
+            theirs = await incoming.receive()
+        yield ours, theirs, a, b
+
+
+async def test_a_remote_reset_fails_a_pending_read_as_a_reset(pair):
+    ours, theirs, *_ = pair
+    result = []
+
+    async def reader() -> None:
+        try:
+            result.append(await _libp2p.read(ours, 100))
+        except StreamReset as exc:
+            result.append(exc.cause)
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(reader)
+        await trio.testing.wait_all_tasks_blocked()
+        await theirs.reset()
+    assert result == [Cause.REMOTE_RESET]  # py-libp2p alone says StreamEOF here
+
+
+async def test_a_write_after_a_remote_reset_is_a_reset_not_closed(pair):
+    ours, theirs, *_ = pair
+    await theirs.reset()
+    with trio.fail_after(5), pytest.raises(StreamReset):
+        while True:  # the reset reaches us some time after
+            await _libp2p.write(ours, b"x" * 1000)
+            await trio.sleep(0.01)
+
+
+async def test_a_local_reset_wakes_a_pending_read(pair):
+    ours, *_ = pair
+    done = trio.Event()
+
+    async def reader() -> None:
+        try:
+            await _libp2p.read(ours, 100)
+        except StreamReset:
+            pass
+        done.set()
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(reader)
+        await trio.testing.wait_all_tasks_blocked()
+        await _libp2p.reset(ours)
+        with trio.fail_after(2):
+            await done.wait()
+
+
+async def test_reads_do_not_block_writes_on_one_stream(pair):
+    """mplex held its read lock while waiting for data: a write waited for the next inbound byte."""
+    ours, theirs, *_ = pair
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(_libp2p.read, ours, 100)  # pending, nothing will arrive for a while
+        await trio.testing.wait_all_tasks_blocked()
+        with trio.fail_after(2):
+            await _libp2p.write(ours, b"while a read waits")
+        assert await _libp2p.read(theirs, 100) == b"while a read waits"
+        await _libp2p.write(theirs, b"done")  # lets the pending read finish
+
+
+async def test_a_lost_connection_fails_a_pending_read_as_connection_lost(pair):
+    ours, theirs, a, b = pair
+    result = []
+
+    async def reader() -> None:
+        try:
+            await _libp2p.read(ours, 100)
+        except StreamReset as exc:
+            result.append(exc)
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(reader)
+        await trio.testing.wait_all_tasks_blocked()
+        await b.host.disconnect(ID.from_base58(a.peer_id))
+    assert len(result) == 1 and isinstance(result[0], ConnectionLost)
+
+
+async def test_a_clean_half_close_is_end_of_stream(pair):
+    ours, theirs, *_ = pair
+    await _libp2p.write(theirs, b"last")
+    await _libp2p.close_write(theirs)
+    assert await _libp2p.read(ours, 100) == b"last"
+    assert await _libp2p.read(ours, 100) is None
+
+
+@pytest.mark.slow
+async def test_a_writer_outlasts_a_reader_paused_for_more_than_five_seconds(pair):
+    """py-libp2p's yamux write raised after 5 s of zero window, which read as a reset."""
+    ours, theirs, *_ = pair
+    if not isinstance(ours.muxed_stream, _libp2p.YamuxStream):
+        pytest.skip("mplex has no window")
+    payload = b"w" * (8 * 1024 * 1024)  # more than the receive window the reader grants
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(_libp2p.write, ours, payload)
+        await trio.sleep(6)  # the reader pauses: the writer must wait, not fail
+        got = 0
+        with trio.fail_after(20):
+            while got < len(payload):
+                got += len(await _libp2p.read(theirs, 1 << 20) or b"")
+    assert got == len(payload)

@@ -5,6 +5,8 @@ One test per py-libp2p 0.8.1 gap the adapter closes.
 
 from __future__ import annotations
 
+import contextlib
+
 import pytest
 import trio
 import trio.testing
@@ -60,10 +62,8 @@ async def test_a_local_reset_wakes_a_pending_read(pair):
     done = trio.Event()
 
     async def reader() -> None:
-        try:
+        with contextlib.suppress(StreamReset):
             await _libp2p.read(ours, 100)
-        except StreamReset:
-            pass
         done.set()
 
     async with trio.open_nursery() as nursery:
@@ -87,7 +87,7 @@ async def test_reads_do_not_block_writes_on_one_stream(pair):
 
 
 async def test_a_lost_connection_fails_a_pending_read_as_connection_lost(pair):
-    ours, theirs, a, b = pair
+    ours, _, a, b = pair
     result = []
 
     async def reader() -> None:

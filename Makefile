@@ -15,7 +15,7 @@ SYSTEM_DEPS := tmux
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install -q --disable-pip-version-check -c constraints.txt -e '.[node,test,dev]'
+	$(BIN)/python -m pip install -q --disable-pip-version-check -c constraints.txt -e '.[node,test,dev,bench]'
 	touch $@
 
 ## run: start a node on its defaults (ARGS="--listen ... --rpc ..." to change them)
@@ -53,8 +53,9 @@ fmt: $(STAMP)
 	$(BIN)/ruff check --fix $(CODE)
 	$(BIN)/ruff format $(CODE)
 
-bench: $(STAMP)
-	$(BIN)/python bench/echo.py $(ARGS)
+## bench: module-handled echo vs an in-process handler vs p2pd (ARGS=--quick: under a minute)
+bench: $(STAMP) peers
+	$(BIN)/python bench/bench.py $(ARGS)
 
 lock: $(STAMP)
 	{ echo "# Exact versions every 'make' install resolves to (pip -c). Regenerate: make lock"; \

@@ -53,7 +53,8 @@ def module(rpc: str) -> None:
             await stream.write(chunk)
 
     async def main() -> None:
-        async with connect(rpc, name="bench-echo") as node, node.handle(["/echo/1.0.0"], echo):
+        # share=True: several module processes may serve the protocol (round-robin)
+        async with connect(rpc, name="bench-echo") as node, node.handle(["/echo/1.0.0"], echo, share=True):
             print(json.dumps({"ready": True}), flush=True)
             await asyncio.Event().wait()
 

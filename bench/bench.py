@@ -1,0 +1,409 @@
+"""`make bench`: a module-handled stream against an in-process handler and against p2pd.
+
+One client -- py-libp2p hosts (noise + yamux over loopback) in this process --
+measures three paths, alternating them round by round (A B C A B C ...):
+
+  direct  a py-libp2p host echoing in-process (the limit for a Python node)
+  logos   a logos-p2p node; echo handled by modules in other processes
+  p2pd    go-libp2p's daemon (hivemind==1.1.12), echo handled by a Python
+          process on its control socket (STREAM_HANDLER, balanced=false)
+
+Metrics per round:
+  rtt_us            median round trip of 32-byte echoes on one stream
+  throughput_mbps   echo throughput, 64 KiB writes, reader concurrent
+  open_per_s        stream-open rate: open, 1 byte there and back, close
+  idle_kib          server memory per idle stream, 1,000 streams held (RSS delta):
+                    the node for logos, the host for direct, the daemon for p2pd
+  conc_mbps         echo throughput over those 1,000 streams at once
+                    (logos: 20 module processes share the protocol)
+
+Reported as medians with min-max and ratios to direct from the same run;
+JSON and a PNG chart of the ratios go to bench/results/.
+
+    python bench/bench.py [--quick] [--rounds N] [--paths direct,logos,p2pd]
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import logging
+import os
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import AsyncIterator, Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import multiaddr
+import psutil
+import trio
+from libp2p import new_host
+from libp2p.peer.peerinfo import info_from_p2p_addr
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+GO_DIR = ROOT / ".cache" / "interop" / "go"
+PROTO = "/echo/1.0.0"
+TARGETS = {
+    "rtt_us": ("round trip", "le", 1.25),
+    "throughput_mbps": ("throughput", "ge", 0.90),
+    "open_per_s": ("open rate", "ge", 0.80),
+    "idle_kib": ("memory / idle stream", "abs", 32.0),
+    "conc_mbps": ("1,000-stream throughput", "ge", None),
+}
+
+SIZES = {
+    "full": {"rtt": 1000, "bytes": 32 << 20, "opens": 200, "streams": 1000, "conc_bytes": 32 << 20, "rounds": 5},
+    "quick": {"rtt": 200, "bytes": 8 << 20, "opens": 60, "streams": 200, "conc_bytes": 8 << 20, "rounds": 2},
+}
+
+
+# -- targets: each path's server side, in its own processes --------------------------------------
+
+
+class Target:
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.procs: list[subprocess.Popen[bytes]] = []
+        self.addr = ""
+        self.server_pid = 0  # whose memory counts
+
+    def spawn(self, argv: list[str], stdin: Any = subprocess.DEVNULL) -> subprocess.Popen[bytes]:
+        proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, stdin=stdin)
+        self.procs.append(proc)
+        return proc
+
+    @staticmethod
+    def line(proc: subprocess.Popen[bytes]) -> dict[str, Any]:
+        assert proc.stdout is not None
+        raw = proc.stdout.readline()
+        if not raw:
+            raise RuntimeError(f"{proc.args!r} did not start")
+        return dict(json.loads(raw))
+
+    def stop(self) -> None:
+        for proc in reversed(self.procs):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(proc.pid, signal.SIGKILL)
+            proc.wait()
+        if self.server_pid and self.name == "p2pd":
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self.server_pid, signal.SIGKILL)
+
+
+def start_direct() -> Target:
+    target = Target("direct")
+    proc = target.spawn([sys.executable, str(HERE / "_targets.py"), "direct"])
+    target.addr = target.line(proc)["addr"]
+    target.server_pid = proc.pid
+    return target
+
+
+def start_logos(workdir: Path, modules: int) -> Target:
+    target = Target("logos")
+    rpc = f"unix:{workdir / 'node.sock'}"
+    node = target.spawn(
+        [
+            sys.executable,
+            "-m",
+            "logos_p2p",
+            "serve",
+            "--listen",
+            "/ip4/127.0.0.1/tcp/0",
+            "--rpc",
+            rpc,
+            "--log-level",
+            "warning",
+        ]
+    )
+    target.addr = target.line(node)["addrs"][0]
+    target.server_pid = node.pid
+    for _ in range(modules):
+        target.line(target.spawn([sys.executable, str(HERE / "_targets.py"), "module", rpc]))
+    return target
+
+
+def _discard(pipe: Any) -> None:
+    while pipe.read(65536):
+        pass
+
+
+def start_p2pd() -> Target:
+    if not (GO_DIR / "p2pd").exists():
+        raise SystemExit("p2pd is not installed: run `make peers`")
+    target = Target("p2pd")
+    driver = target.spawn(
+        [sys.executable, str(ROOT / "tests" / "interop" / "go_peer.py"), str(GO_DIR / "p2pd"), str(GO_DIR), "yamux"],
+        stdin=subprocess.PIPE,
+    )
+    ready = target.line(driver)
+    target.addr, target.server_pid = ready["addrs"][0], ready["daemonPid"]
+    assert driver.stdin is not None
+    driver.stdin.write(json.dumps({"id": 1, "op": "handleEcho", "protocol": PROTO}).encode() + b"\n")
+    driver.stdin.flush()
+    reply = target.line(driver)
+    if "error" in reply:
+        raise RuntimeError(f"p2pd echo handler: {reply}")
+    # the driver reports every stream on stdout: keep draining it, or it stalls on a full pipe
+    threading.Thread(target=_discard, args=(driver.stdout,), daemon=True).start()
+    return target
+
+
+# -- measurements (the client side) ---------------------------------------------------------------
+
+
+async def read_exactly(stream: Any, n: int) -> bytes:
+    out = bytearray()
+    while len(out) < n:
+        out += await stream.read(n - len(out))
+    return bytes(out)
+
+
+async def round_trip(host: Any, peer_id: Any, count: int) -> float:
+    stream = await host.new_stream(peer_id, [PROTO])
+    payload = b"p" * 32
+    times = []
+    for _ in range(count):
+        started = time.perf_counter()
+        await stream.write(payload)
+        await read_exactly(stream, 32)
+        times.append(time.perf_counter() - started)
+    await stream.reset()
+    return statistics.median(times) * 1e6
+
+
+async def echo_throughput(host: Any, peer_id: Any, total: int) -> float:
+    stream = await host.new_stream(peer_id, [PROTO])
+    block = os.urandom(65536)
+    received = 0
+
+    async def reader() -> None:
+        nonlocal received
+        while received < total:
+            received += len(await stream.read(65536))
+
+    started = time.perf_counter()
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(reader)
+        for _ in range(total // len(block)):
+            await stream.write(block)
+    elapsed = time.perf_counter() - started
+    await stream.reset()
+    return total / elapsed / 1e6
+
+
+async def open_rate(host: Any, peer_id: Any, count: int) -> float:
+    """Open, 1 byte there and back, close (no half-close first: p2pd's pipe turns one into a reset)."""
+    started = time.perf_counter()
+    for _ in range(count):
+        stream = await host.new_stream(peer_id, [PROTO])
+        await stream.write(b"x")
+        await read_exactly(stream, 1)
+        await stream.close()
+    return count / (time.perf_counter() - started)
+
+
+def rss(pid: int) -> int:
+    return int(psutil.Process(pid).memory_info().rss)
+
+
+async def concurrent(hosts: list[Any], peer_id: Any, streams: int, total: int, server_pid: int) -> tuple[float, float]:
+    """Hold `streams` streams (spread over the client hosts), then echo over all at once."""
+    before = rss(server_pid)
+    opened: list[Any] = []
+    per_host = streams // len(hosts)
+    for host in hosts:
+        for _ in range(per_host):
+            stream = await host.new_stream(peer_id, [PROTO])
+            await stream.write(b"!")
+            await read_exactly(stream, 1)  # delivered all the way to the handler and back
+            opened.append(stream)
+    await trio.sleep(0.5)  # let the server settle before reading its memory
+    idle_kib = (rss(server_pid) - before) / len(opened) / 1024
+    each = total // len(opened)
+    block = os.urandom(each)
+
+    async def one(stream: Any) -> None:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(stream.write, block)
+            await read_exactly(stream, each)
+
+    started = time.perf_counter()
+    async with trio.open_nursery() as nursery:
+        for stream in opened:
+            nursery.start_soon(one, stream)
+    elapsed = time.perf_counter() - started
+    for stream in opened:
+        await stream.reset()
+    return idle_kib, each * len(opened) / elapsed / 1e6
+
+
+@contextlib.asynccontextmanager
+async def client_hosts(count: int) -> AsyncIterator[list[Any]]:
+    async with contextlib.AsyncExitStack() as stack:
+        hosts = []
+        for _ in range(count):
+            host = new_host()
+            await stack.enter_async_context(host.run([multiaddr.Multiaddr("/ip4/127.0.0.1/tcp/0")]))
+            hosts.append(host)
+        yield hosts
+
+
+async def measure(target: Target, sizes: dict[str, int], step: Callable[[str], None]) -> dict[str, float]:
+    info = info_from_p2p_addr(multiaddr.Multiaddr(target.addr))
+    result: dict[str, float] = {}
+    async with client_hosts(4) as hosts:
+        for host in hosts:
+            await host.connect(info)
+        main = hosts[0]
+        with bounded(step, f"{target.name} round trip"):
+            result["rtt_us"] = await round_trip(main, info.peer_id, sizes["rtt"])
+        with bounded(step, f"{target.name} throughput"):
+            result["throughput_mbps"] = await echo_throughput(main, info.peer_id, sizes["bytes"])
+        with bounded(step, f"{target.name} open rate"):
+            result["open_per_s"] = await open_rate(main, info.peer_id, sizes["opens"])
+        with bounded(step, f"{target.name} {sizes['streams']} streams"):
+            idle, conc = await concurrent(hosts, info.peer_id, sizes["streams"], sizes["conc_bytes"], target.server_pid)
+        result["idle_kib"], result["conc_mbps"] = idle, conc
+    return result
+
+
+@contextlib.contextmanager
+def bounded(step: Callable[[str], None], what: str, seconds: float = 180.0) -> Iterator[None]:
+    """A step that hangs is a failure of the path under test, reported as such."""
+    step(what)
+    try:
+        with trio.fail_after(seconds):
+            yield
+    except trio.TooSlowError:
+        raise SystemExit(f"\n{what}: no progress in {seconds:g}s") from None
+
+
+# -- reporting --------------------------------------------------------------------------------------
+
+
+def summarize(samples: dict[str, list[dict[str, float]]]) -> dict[str, Any]:
+    base = {}
+    if "direct" in samples:
+        base = {m: statistics.median(r[m] for r in samples["direct"]) for m in samples["direct"][0]}
+    out: dict[str, Any] = {}
+    for path, rounds in samples.items():
+        out[path] = {}
+        for metric in rounds[0]:
+            values = [r[metric] for r in rounds]
+            median = statistics.median(values)
+            entry = {"median": round(median, 2), "min": round(min(values), 2), "max": round(max(values), 2)}
+            if base.get(metric):
+                entry["ratio"] = round(median / base[metric], 3)
+            out[path][metric] = entry
+    return out
+
+
+def table(summary: dict[str, Any]) -> str:
+    lines = ["| metric | " + " | ".join(summary) + " |", "|---|" + "---|" * len(summary)]
+    for metric, (label, _, _) in TARGETS.items():
+        cells = []
+        for path in summary:
+            e = summary[path].get(metric)
+            if e is None:
+                cells.append("")
+                continue
+            ratio = f" ({e['ratio']:.2f}x)" if "ratio" in e and path != "direct" else ""
+            cells.append(f"{e['median']:.1f}{ratio} [{e['min']:.1f}-{e['max']:.1f}]")
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def chart(summary: dict[str, Any], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    metrics = [m for m in ("throughput_mbps", "rtt_us", "open_per_s", "conc_mbps") if "direct" in summary]
+    paths = [p for p in summary if p != "direct"]
+    fig, ax = plt.subplots(figsize=(9, 4.5))
+    width = 0.8 / max(len(paths), 1)
+    for i, p in enumerate(paths):
+        ratios = [summary[p][m].get("ratio", 0) for m in metrics]
+        bars = ax.bar([x + i * width for x in range(len(metrics))], ratios, width, label=p)
+        ax.bar_label(bars, fmt="%.2f", fontsize=8)
+    for x, m in enumerate(metrics):
+        goal = TARGETS[m][2]
+        if goal:
+            ax.hlines(goal, x - width / 2, x + width * (len(paths) - 0.5), colors="k", linestyles="dashed", linewidth=1)
+    ax.axhline(1.0, color="grey", linewidth=0.5)
+    ax.set_xticks([x + width * (len(paths) - 1) / 2 for x in range(len(metrics))])
+    ax.set_xticklabels([TARGETS[m][0] + (" (lower is better)" if TARGETS[m][1] == "le" else "") for m in metrics])
+    ax.set_ylabel("ratio to direct (same run)")
+    ax.set_title("logos-p2p and p2pd against an in-process py-libp2p handler (dashed: targets)")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+class Progress:
+    def __init__(self, total: int) -> None:
+        self.total, self.done, self.started = total, 0, time.monotonic()
+
+    def __call__(self, what: str) -> None:
+        self.done += 1
+        width = 30
+        filled = int(width * self.done / self.total)
+        elapsed = time.monotonic() - self.started
+        bar = "#" * filled + "." * (width - filled)
+        sys.stderr.write(f"\r[{bar}] {self.done}/{self.total} {elapsed:5.0f}s {what:<30}")
+        sys.stderr.flush()
+
+
+async def main(args: argparse.Namespace) -> None:
+    logging.disable(logging.CRITICAL)
+    sizes = dict(SIZES["quick" if args.quick else "full"])
+    rounds = args.rounds or sizes["rounds"]
+    paths = args.paths.split(",")
+    with tempfile.TemporaryDirectory() as tmp:
+        starters = {"direct": start_direct, "logos": lambda: start_logos(Path(tmp), 20), "p2pd": start_p2pd}
+        targets = [starters[p]() for p in paths]
+        progress = Progress(rounds * len(targets) * 4)
+        samples: dict[str, list[dict[str, float]]] = {t.name: [] for t in targets}
+        try:
+            for _ in range(rounds):
+                for target in targets:  # A B C A B C ...
+                    samples[target.name].append(await measure(target, sizes, progress))
+        finally:
+            for target in targets:
+                target.stop()
+    sys.stderr.write("\n")
+    summary = summarize(samples)
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    results = HERE / "results"
+    results.mkdir(exist_ok=True)
+    report = {
+        "when": time.strftime("%Y-%m-%dT%H:%M:%S"),
+        "mode": "quick" if args.quick else "full",
+        "rounds": rounds,
+        "sizes": sizes,
+        "cpus": os.cpu_count(),
+        "summary": summary,
+        "samples": samples,
+    }
+    (results / f"bench-{stamp}.json").write_text(json.dumps(report, indent=2))
+    if "direct" in summary and len(summary) > 1:
+        chart(summary, results / f"bench-{stamp}.png")
+    print(table(summary))
+    print(f"\nwritten: bench/results/bench-{stamp}.json" + (" and .png" if len(summary) > 1 else ""))
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="small sizes, 2 rounds: under a minute")
+    parser.add_argument("--rounds", type=int, default=0, help="rounds (default: 5 full, 2 quick)")
+    parser.add_argument("--paths", default="direct,logos,p2pd")
+    trio.run(main, parser.parse_args())

@@ -97,6 +97,8 @@ struct RegisterOptions {
   share @0 :Bool = false;     # let other registrations that also share serve the same ids
                               # (inbound streams are spread round-robin)
   acceptTimeoutMs @1 :UInt32 = 0;   # how long Handler.handle may take; 0 = node default
+  channel @2 :Bool = false;   # deliver inbound streams over this connection's data channel
+                              # (see "The local data channel" below) instead of Handler.handle
 }
 
 struct ModuleStatus {
@@ -136,7 +138,7 @@ interface Node {
   peers @3 () -> (peers :List(PeerInfo));
 
   register @4 (protocols :List(Text), handler :Handler, options :RegisterOptions)
-      -> (registration :Registration);
+      -> (registration :Registration, id :UInt64);
   # Mounts the protocol ids on the node's libp2p host. Every inbound stream that
   # negotiates one of them is given to `handler`. The ids stay mounted until the
   # Registration is unregistered or dropped, or this RPC connection closes.
@@ -155,6 +157,11 @@ interface Node {
 
   setModuleName @8 (moduleName :Text) -> ();
   # A name for this connection in status reports.
+
+  dataChannel @9 () -> (path :Text, token :Data);
+  # Offers this connection a local data channel (see below): connect a
+  # SOCK_SEQPACKET unix socket to `path` and send `token` in a `hello` within
+  # 10 s. Only nodes whose RPC endpoint is a unix socket offer one.
 }
 
 interface Registration {
@@ -211,4 +218,74 @@ interface ByteSink {
   # Inbound bytes in order. Answer once they fit the module's bounded buffer.
   end @1 (reason :EndReason) -> ();
   # No more pushes follow.
+}
+
+# -- The local data channel -------------------------------------------------------------
+#
+# For a module on the node's machine, bytes can bypass RPC: each stream becomes
+# a unix SOCK_SEQPACKET socket of its own, passed to the module with SCM_RIGHTS
+# over the connection's data channel. The RPC connection keeps the authority:
+# the channel belongs to the RPC connection that asked for it, and closing
+# either one ends the module's session.
+#
+#   1. Node.dataChannel() -> (path, token); connect a SOCK_SEQPACKET socket to
+#      path; send ChannelMessage(hello = token).
+#   2. Register with RegisterOptions.channel = true: each inbound stream comes
+#      as ChannelMessage(inbound) with the stream's socket attached.
+#   3. Open outbound streams with ChannelMessage(open); the answer is
+#      ChannelMessage(opened) with the socket attached, or (openFailed).
+#
+# Each channel datagram is one ChannelMessage, as a single-segment Cap'n
+# Proto message (standard framing, unpacked).
+#
+# On a stream's socket every datagram is one frame; its first byte says what:
+#   'D' + bytes   data (at most 65536 bytes after the 'D')       both ways
+#   'E'           half-close of the sender's direction            both ways
+#   'C'           close (module -> node): like Stream.close; the module
+#                 then closes its socket and reads nothing more
+# A module that closes its socket without 'C' (and without both directions
+# having ended) resets the stream (cause capabilityDropped). The node closes
+# its end once the stream is finished. Resets and flush
+# acknowledgements travel on the channel, so a full stream socket never
+# delays them:
+#   ChannelMessage(reset)    either way: the stream is reset (the module
+#                            sends cause localReset)
+#   ChannelMessage(flushed)  node -> module: the half-close asked by 'E' or
+#                            'C' is on the wire (Stream.closeWrite's answer)
+
+struct ChannelStream {
+  request @0 :UInt64;         # the open request answered (0 for inbound)
+  registration @1 :UInt64;    # the registration it was routed to (0 for outbound)
+  info @2 :StreamInfo;
+}
+
+struct OpenRequest {
+  request @0 :UInt64;         # chosen by the module, echoed in the answer
+  peerId @1 :Text;
+  protocols @2 :List(Text);
+  addrs @3 :List(Text);
+  timeoutMs @4 :UInt32;
+}
+
+struct OpenFailed {
+  request @0 :UInt64;
+  error @1 :Text;             # an error description with a [logos-p2p:<kind>] marker
+}
+
+struct ChannelReset {
+  stream @0 :UInt64;          # StreamInfo.id
+  cause @1 :Cause;
+  message @2 :Text;
+}
+
+struct ChannelMessage {
+  union {
+    hello @0 :Data;           # module -> node, the first datagram
+    inbound @1 :ChannelStream;    # node -> module, socket attached
+    open @2 :OpenRequest;         # module -> node
+    opened @3 :ChannelStream;     # node -> module, socket attached
+    openFailed @4 :OpenFailed;    # node -> module
+    reset @5 :ChannelReset;       # either way
+    flushed @6 :UInt64;           # node -> module: StreamInfo.id
+  }
 }

@@ -48,11 +48,18 @@ async def peer() -> AsyncIterator[Peer]:
         yield p
 
 
-@pytest.fixture
-async def modules(nursery: trio.Nursery) -> AsyncIterator[Callable[..., Awaitable[ModuleProcess]]]:
-    started: list[ModuleProcess] = []
+@pytest.fixture(params=["socket", "push"])
+def data_path(request: pytest.FixtureRequest) -> str:
+    """The module's data path: every test that starts modules runs on both."""
+    return str(request.param)
 
-    async def make(node: NodeProcess, data_path: str = "push", name: str = "test-module") -> ModuleProcess:
+
+@pytest.fixture
+async def modules(nursery: trio.Nursery, data_path: str) -> AsyncIterator[Callable[..., Awaitable[ModuleProcess]]]:
+    started: list[ModuleProcess] = []
+    default_path = data_path
+
+    async def make(node: NodeProcess, data_path: str = default_path, name: str = "test-module") -> ModuleProcess:
         module = await start_module(nursery, node.rpc, data_path, name)
         started.append(module)
         return module

@@ -23,7 +23,7 @@ async def buffered(node) -> int:
     return sum(m["bufferedBytes"] for m in (await node_status(node.rpc))["modules"])
 
 
-@pytest.mark.parametrize("data_path", ["push", "pull"])
+@pytest.mark.parametrize("data_path", ["socket", "push", "pull"])
 async def test_a_module_that_stops_reading_blocks_the_remote_writer(node, peer, modules, data_path):
     module = await modules(node, data_path=data_path)
     await module.call("register_holder", "h", [PROTO])
@@ -60,7 +60,7 @@ async def test_a_module_that_stops_reading_blocks_the_remote_writer(node, peer, 
     assert (size, digest) == (TOTAL, hashlib.sha256(data).hexdigest())
 
 
-@pytest.mark.parametrize("data_path", ["push", "pull"])
+@pytest.mark.parametrize("data_path", ["socket", "push", "pull"])
 async def test_a_module_writing_faster_than_the_peer_reads_is_slowed(node, peer, modules, data_path):
     module = await modules(node, data_path=data_path)
     incoming = peer.serve(PROTO)

@@ -104,7 +104,7 @@ def test_a_second_node_on_a_live_socket_refuses_to_start(node, tmp_path):
 async def test_tcp_rpc_endpoint(node_factory, peer, modules):
     node = node_factory(rpc="tcp:127.0.0.1:0")
     assert node.rpc.startswith("tcp:127.0.0.1:") and not node.rpc.endswith(":0")
-    module = await modules(node)
+    module = await modules(node, data_path="auto")  # no data channel over TCP: bytes go over RPC
     await module.call("register_echo", "e", ["/echo/1.0.0"])
     stream = await peer.open(node.addr, ["/echo/1.0.0"])
     await stream.write(b"over tcp")

@@ -39,7 +39,9 @@ class Pair:
     node: Any
 
 
-@pytest.fixture(params=["inbound-push", "inbound-pull", "outbound-push", "outbound-pull"])
+@pytest.fixture(
+    params=["inbound-socket", "inbound-push", "inbound-pull", "outbound-socket", "outbound-push", "outbound-pull"]
+)
 async def pair(request, node, peer, modules) -> Pair:
     direction, path = request.param.split("-")
     module = await modules(node, data_path=path)

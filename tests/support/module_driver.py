@@ -106,7 +106,7 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--rpc", required=True)
     parser.add_argument("--name", default="test-module")
-    parser.add_argument("--data-path", default="push", choices=["push", "pull"])
+    parser.add_argument("--data-path", default="push", choices=["auto", "socket", "push", "pull"])
     asyncio.run(run(parser.parse_args()))
 
 

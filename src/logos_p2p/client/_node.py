@@ -5,17 +5,21 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import socket
 import weakref
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
+from functools import partial
+from types import SimpleNamespace
 from typing import Any
 
 import capnp
 
 from .. import _address, _schema
 from .._kj import kj_loop
-from ..errors import Cause, InvalidArgument, NodeShutdown, NodeUnavailable, StreamError, Timeout
-from ._stream import Stream, _Core
+from ..errors import Cause, InvalidArgument, LogosP2PError, NodeShutdown, NodeUnavailable, StreamError, Timeout
+from ._channel import Channel
+from ._stream import Stream, Tuning, _CapabilityTransport, _Core, _Sink
 from ._translate import translate
 
 log = logging.getLogger("logos_p2p.client")
@@ -51,10 +55,11 @@ def _timeout_ms(timeout: float | None) -> int:
 class Registration:
     """Protocol ids mounted on the node for this module, served by one handler."""
 
-    def __init__(self, node: Node, cap: Any, protocols: tuple[str, ...]) -> None:
+    def __init__(self, node: Node, cap: Any, protocols: tuple[str, ...], reg_id: int = 0) -> None:
         self._node = node
         self._cap: Any = cap
         self.protocols = protocols
+        self.id = reg_id
 
     def __repr__(self) -> str:
         return f"<Registration {list(self.protocols)}{'' if self._cap else ' (unregistered)'}>"
@@ -65,6 +70,8 @@ class Registration:
         if cap is None:
             return
         self._node._registrations.discard(self)
+        if self._node._channel is not None:
+            self._node._channel.handlers.pop(self.id, None)
         with translate(self._node._is_shutting_down):
             await cap.unregister()
 
@@ -91,6 +98,7 @@ class Node:
         self._cap = cap
         self.address = address
         self._push = push
+        self._channel: Channel | None = None
         self._closed = False
         self._shutting_down = False
         self._streams: weakref.WeakSet[_Core] = weakref.WeakSet()
@@ -112,7 +120,12 @@ class Node:
                 raise NodeShutdown("the node shut down")
             raise NodeUnavailable("this connection to the node is closed")
 
-    async def _start(self, name: str | None) -> None:
+    @property
+    def data_path(self) -> str:
+        """How stream bytes move: "socket" (local data channel), "push" or "pull" (RPC)."""
+        return "socket" if self._channel is not None else "push" if self._push else "pull"
+
+    async def _start(self, name: str | None, channel: str) -> None:
         wait_shutdown = asyncio.ensure_future(self._cap.waitShutdown())
         wait_shutdown.add_done_callback(self._on_shutdown_notice)
         disconnect = asyncio.ensure_future(self._client.on_disconnect())
@@ -121,6 +134,17 @@ class Node:
         if name:
             with translate():
                 await self._cap.setModuleName(moduleName=name)
+        if channel != "no":
+            try:
+                with translate():
+                    offer = await self._cap.dataChannel()
+                self._channel = await Channel.connect(offer.path, bytes(offer.token))
+            except (LogosP2PError, OSError) as exc:
+                if channel == "must":
+                    raise NodeUnavailable(f"no data channel: {exc}") from exc
+                log.debug("no data channel (%s); bytes go over RPC", exc)
+                return
+            self._channel.on_close = self._on_disconnect
 
     def _on_shutdown_notice(self, fut: asyncio.Future[Any]) -> None:
         if not fut.cancelled() and fut.exception() is None:
@@ -131,6 +155,8 @@ class Node:
         if self.disconnected.is_set():
             return
         self._closed = True
+        if self._channel is not None:
+            self._channel.close()
         cause = Cause.NODE_SHUTDOWN if self._shutting_down else Cause.MODULE_GONE
         message = "the node shut down" if self._shutting_down else "the RPC connection to the node broke"
         for core in list(self._streams):
@@ -198,13 +224,17 @@ class Node:
         if isinstance(protocols, str):
             raise InvalidArgument("protocols must be a list of protocol ids, not a string")
         protos = tuple(protocols)
-        options = {"share": share, "acceptTimeoutMs": _timeout_ms(accept_timeout)}
+        channel = self._channel
+        options = {"share": share, "acceptTimeoutMs": _timeout_ms(accept_timeout), "channel": channel is not None}
         with translate(self._is_shutting_down):
             answer = await self._cap.register(
                 protocols=list(protos), handler=_HandlerImpl(self, handler), options=options
             )
-        registration = Registration(self, answer.registration, protos)
+        registration = Registration(self, answer.registration, protos, answer.id)
         self._registrations.add(registration)
+        if channel is not None:
+            channel.handlers[answer.id] = partial(self._on_channel_stream, handler)
+            weakref.finalize(registration, channel.handlers.pop, answer.id, None)
         return registration
 
     @contextlib.asynccontextmanager
@@ -241,6 +271,8 @@ class Node:
         self._check_open()
         if isinstance(protocols, str):
             raise InvalidArgument("protocols must be a list of protocol ids, not a string")
+        if self._channel is not None:
+            return await self._open_on_channel(self._channel, peer_id, protocols, addrs, timeout)
         core = _Core(0)
         stream_args: dict[str, Any] = {
             "peerId": peer_id,
@@ -250,8 +282,6 @@ class Node:
         }
         sink = None
         if self._push:
-            from ._stream import Tuning, _Sink
-
             core.limit = Tuning.rx_buffer
             sink = _Sink(core)
             stream_args["sink"] = sink
@@ -262,14 +292,38 @@ class Node:
             raise Timeout(f"the node did not answer openStream within {timeout + 5:g}s") from None
         return self._adopt(answer.stream, answer.info, core)
 
+    async def _open_on_channel(
+        self, channel: Channel, peer_id: str, protocols: Sequence[str], addrs: Sequence[str] | None, timeout: float
+    ) -> Stream:
+        opening = channel.open(peer_id, list(protocols), list(addrs or ()), _timeout_ms(timeout))
+        try:
+            sock, info = await asyncio.wait_for(opening, timeout + 5)
+        except TimeoutError:
+            raise Timeout(f"the node did not answer an open within {timeout + 5:g}s") from None
+        return self._adopt_socket(channel, sock, info)
+
     # -- streams and handlers ------------------------------------------------------------------
 
     def _adopt(self, cap: Any, info: Any, core: _Core | None = None) -> Stream:
-        from ._stream import Tuning
-
         if core is None:
             core = _Core(Tuning.rx_buffer)
-        stream = Stream(cap, info, push=self._push, shutting_down=self._is_shutting_down, core=core)
+        transport = _CapabilityTransport(cap, core, push=self._push, shutting_down=self._is_shutting_down)
+        return self._track(Stream(transport, core, info), core)
+
+    def _adopt_socket(self, channel: Channel, sock: socket.socket, info: dict[str, Any]) -> Stream:
+        core = _Core(Tuning.rx_buffer)
+        transport = channel.adopt(sock, core, info["id"])
+        stream = self._track(Stream(transport, core, SimpleNamespace(**info)), core)
+        weakref.finalize(stream, transport.dropped)
+        return stream
+
+    def _on_channel_stream(self, fn: Handler, sock: socket.socket, info: dict[str, Any]) -> None:
+        if self._closed or self._channel is None:
+            sock.close()  # the node resets it
+            return
+        self._spawn_handler(fn, self._adopt_socket(self._channel, sock, info))
+
+    def _track(self, stream: Stream, core: _Core) -> Stream:
         self._streams.add(core)
         if self._closed:
             core.fail(Cause.NODE_SHUTDOWN if self._shutting_down else Cause.MODULE_GONE)
@@ -331,16 +385,23 @@ async def connect(
     *,
     name: str | None = None,
     timeout: float = 10.0,
-    data_path: str = "push",
+    data_path: str = "auto",
 ) -> AsyncIterator[Node]:
     """Connect to a node's RPC endpoint: ``unix:PATH`` or ``tcp:HOST:PORT``.
 
     Without ``address``: ``$LOGOS_P2P_RPC``, else the node's default socket.
     ``name`` labels this module in the node's status. Works on any asyncio
     loop, including trio-asyncio's.
+
+    ``data_path`` says how stream bytes move: ``"socket"`` -- each stream a
+    unix socket of its own, passed over a data channel beside the RPC
+    connection (local nodes only; the fastest); ``"push"`` -- the node pushes
+    inbound bytes to a capability of this module; ``"pull"`` -- this module
+    asks with ``Stream.read``. ``"auto"`` (the default) takes ``"socket"``
+    when the node offers it, else ``"push"``.
     """
-    if data_path not in ("push", "pull"):
-        raise InvalidArgument("data_path must be 'push' or 'pull'")
+    if data_path not in ("auto", "socket", "push", "pull"):
+        raise InvalidArgument("data_path must be 'auto', 'socket', 'push' or 'pull'")
     target = _address.parse(address) if address else _address.default_address()
     if target.kind == "tcp" and target.port == 0:
         raise InvalidArgument("connect needs a port other than 0")
@@ -357,9 +418,12 @@ async def connect(
             raise NodeUnavailable(f"no node at {target}: {exc}") from exc
         client = capnp.TwoPartyClient(conn, traversal_limit_in_words=RPC_TRAVERSAL_LIMIT_WORDS)
         cap = client.bootstrap().cast_as(rpc.Node)
-        node = Node(client, cap, str(target), push=data_path == "push")
+        node = Node(client, cap, str(target), push=data_path != "pull")
+        channel = {"auto": "may", "socket": "must"}.get(data_path, "no")
+        if target.kind != "unix" and channel == "may":
+            channel = "no"
         try:
-            await node._start(name)
+            await node._start(name, channel)
             yield node
         finally:
             await node.aclose()

@@ -28,7 +28,7 @@ from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 from .. import _schema, _wire
-from .._state import Event, State, StreamState
+from .._state import WRITABLE, Event, State, StreamState
 from .._waiters import AioWaiters
 from ..errors import (
     Busy,
@@ -126,8 +126,16 @@ class _Sink(rpc.ByteSink.Server):  # type: ignore[name-defined,misc]
             self._core.fail(cause, reason.message)
 
 
-class _Path:
-    """How inbound bytes reach the core."""
+class _Transport:
+    """How one stream's bytes move between this module and the node.
+
+    The :class:`Stream` keeps the state and the inbound buffer (the core);
+    a transport fills the buffer and carries writes, half-closes, closes and
+    resets. Two exist: :class:`_CapabilityTransport` (the ``Stream``
+    capability: push or pull, over RPC, for any module) and
+    :class:`~._channel.SocketTransport` (a unix socket of its own, for modules
+    on the node's machine).
+    """
 
     sink: Any = None
 
@@ -135,8 +143,31 @@ class _Path:
         """Wait until the core changed (more bytes, end of stream, reset)."""
         raise NotImplementedError
 
+    async def write(self, data: memoryview) -> None:
+        raise NotImplementedError
 
-class _PushPath(_Path):
+    async def flush(self) -> None:
+        """Wait for every write in flight; raise the first failure."""
+        raise NotImplementedError
+
+    async def send_eof(self) -> None:
+        """Half-close on the wire (after :meth:`flush`); return once it is sent."""
+        raise NotImplementedError
+
+    async def close(self, writable: bool) -> None:
+        """Close the stream (after :meth:`flush`); ``writable``: the send flow was still open."""
+        raise NotImplementedError
+
+    async def reset(self) -> None:
+        """Reset the stream on the wire. Never raises."""
+        raise NotImplementedError
+
+    def release(self) -> None:
+        """The stream is finished here: let the node free everything."""
+        raise NotImplementedError
+
+
+class _PushPath:
     def __init__(self, core: _Core) -> None:
         self.sink = _Sink(core)
 
@@ -144,7 +175,9 @@ class _PushPath(_Path):
         await core.wait()
 
 
-class _PullPath(_Path):
+class _PullPath:
+    sink = None
+
     def __init__(self, cap: Any, shutting_down: Any) -> None:
         self._cap = cap
         self._position = 0
@@ -187,8 +220,7 @@ class _Writer:
             raise self.error
         self._core.state.check_write()
 
-    async def write(self, data: bytes | bytearray | memoryview) -> None:
-        view = memoryview(data).cast("B")
+    async def write(self, view: memoryview) -> None:
         if not view:
             self._raise_if_failed()
             return
@@ -233,6 +265,47 @@ class _Writer:
         self._cap = None
 
 
+class _CapabilityTransport(_Transport):
+    """The ``Stream`` capability: inbound bytes pushed to a sink or pulled; windowed writes."""
+
+    def __init__(self, cap: Any, core: _Core, *, push: bool, shutting_down: Any) -> None:
+        self._cap: Any = cap
+        self._shutting_down = shutting_down
+        self._path: _PushPath | _PullPath = _PushPath(core) if push else _PullPath(cap, shutting_down)
+        self.sink = self._path.sink
+        self._writer = _Writer(cap, core, shutting_down)
+
+    async def fill(self, core: _Core) -> None:
+        await self._path.fill(core)
+
+    async def write(self, data: memoryview) -> None:
+        await self._writer.write(data)
+
+    async def flush(self) -> None:
+        await self._writer.flush()
+
+    async def send_eof(self) -> None:
+        with translate(self._shutting_down):
+            await self._cap.closeWrite()
+
+    async def close(self, writable: bool) -> None:
+        with translate(self._shutting_down):
+            await self._cap.close()
+
+    async def reset(self) -> None:
+        cap = self._cap
+        self._writer.cancel()
+        if cap is not None:
+            with contextlib.suppress(Exception, asyncio.CancelledError):
+                await cap.reset()
+
+    def release(self) -> None:
+        self._cap = None
+        self._writer.cancel()
+        if isinstance(self._path, _PullPath):
+            self._path.release()
+
+
 class Stream:
     """A libp2p stream handled by this module (inbound or outbound).
 
@@ -248,12 +321,9 @@ class Stream:
     exception. A stream dropped without being closed is reset by the node.
     """
 
-    def __init__(self, cap: Any, info: Any, *, push: bool, shutting_down: Any, core: _Core | None = None) -> None:
-        self._core = core or _Core(Tuning.rx_buffer)
-        self._cap: Any = cap
-        self._shutting_down = shutting_down
-        self._path: _Path = _PushPath(self._core) if push else _PullPath(cap, shutting_down)
-        self._writer = _Writer(cap, self._core, shutting_down)
+    def __init__(self, transport: _Transport, core: _Core, info: Any) -> None:
+        self._core = core
+        self._t = transport
         self._reading = False
         self._writing = False
         self._released = False
@@ -273,7 +343,7 @@ class Stream:
     @property
     def sink(self) -> Any:
         """The push sink to give the node (None on the pull path)."""
-        return self._path.sink
+        return self._t.sink
 
     # -- reading ---------------------------------------------------------------------------
 
@@ -302,7 +372,7 @@ class Stream:
             while not core.buf:
                 if not core.state.check_read():
                     return b""
-                await self._path.fill(core)
+                await self._t.fill(core)
             core.state.check_read()  # a local close or reset wins over buffered bytes
             return core.take(max_bytes)
 
@@ -317,7 +387,7 @@ class Stream:
                     partial = core.take(len(core.buf))
                     raise IncompleteRead(f"end of stream after {len(partial)} of {n} bytes", partial)
                 core.need = n
-                await self._path.fill(core)
+                await self._t.fill(core)
             core.state.check_read()
             return core.take(n)
 
@@ -334,7 +404,7 @@ class Stream:
                 if len(core.buf) > limit:
                     raise LimitExceeded(f"more than {limit} bytes before end of stream")
                 core.need = len(core.buf) + 1
-                await self._path.fill(core)
+                await self._t.fill(core)
             if len(core.buf) > limit:
                 raise LimitExceeded(f"more than {limit} bytes before end of stream")
             return core.take(len(core.buf))
@@ -369,7 +439,7 @@ class Stream:
                         partial = core.take(len(core.buf))
                         raise IncompleteRead("end of stream inside a length-prefixed frame", partial)
                     raise EndOfStream("end of stream before a length-prefixed frame")
-                await self._path.fill(core)
+                await self._t.fill(core)
 
     def __aiter__(self) -> AsyncIterator[bytes]:
         return self
@@ -398,7 +468,7 @@ class Stream:
         If cancelled, a prefix of ``data`` may have been sent: reset the stream.
         """
         with self._exclusive_write():
-            await self._writer.write(data)
+            await self._t.write(memoryview(data).cast("B"))
 
     async def write_lp(self, data: bytes | bytearray | memoryview) -> None:
         """Send one unsigned-varint length-prefixed frame (as nim-libp2p's ``writeLp``)."""
@@ -408,11 +478,10 @@ class Stream:
     async def close_write(self) -> None:
         """Half-close: flush writes, then the peer reads end of stream. Reading goes on."""
         with self._exclusive_write():
-            await self._writer.flush()
+            await self._t.flush()
             self._core.state.handle(Event.SEND_EOF)
             self._core.wake()
-            with translate(self._shutting_down):
-                await self._cap.closeWrite()
+            await self._t.send_eof()
 
     async def close(self) -> None:
         """Close both directions gracefully (idempotent).
@@ -424,16 +493,16 @@ class Stream:
         if core.state.state is State.CLOSED:
             return
         try:
-            await self._writer.flush()
-            with translate(self._shutting_down):
-                core.state.handle(Event.CLOSE)
-                core.buf.clear()
-                core.wake()
-                await self._cap.close()
+            await self._t.flush()
+            writable = core.state.state in WRITABLE
+            core.state.handle(Event.CLOSE)
+            core.buf.clear()
+            core.wake()
+            await self._t.close(writable)
         except BaseException:
             if not core.state.finished:
                 core.fail(Cause.LOCAL_RESET, "closing failed")
-            await self._reset_quietly()
+            await self._t.reset()
             raise
         finally:
             self._release()
@@ -441,23 +510,13 @@ class Stream:
     async def reset(self) -> None:
         """Abort the stream: the peer sees a reset. Never raises."""
         self._core.fail(Cause.LOCAL_RESET, "reset by this module")
-        await self._reset_quietly()
+        await self._t.reset()
         self._release()
 
-    async def _reset_quietly(self) -> None:
-        cap = self._cap
-        self._writer.cancel()
-        if cap is not None:
-            with contextlib.suppress(Exception, asyncio.CancelledError):
-                await cap.reset()
-
     def _release(self) -> None:
-        """Drop the capability: the node may free everything."""
+        """Let go of the transport: the node may free everything."""
         self._released = True
-        self._cap = None
-        self._writer.cancel()
-        if isinstance(self._path, _PullPath):
-            self._path.release()
+        self._t.release()
 
     async def __aenter__(self) -> Stream:
         return self

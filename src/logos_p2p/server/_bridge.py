@@ -305,8 +305,7 @@ class Bridge:
             self.wire_error = reset_error(cause, message)
         if moved:
             self.owner.count_reset(cause)
-            if self.sink is not None and cause not in _MODULE_KNOWS:
-                self._tell_sink_end(cause, message)
+            self._tell_module_reset(cause, message)
         if self.state.is_reset:
             self.rx.clear()
         self.tx.clear()
@@ -350,7 +349,16 @@ class Bridge:
         self.detached = True
         self.sink = None
         self.owner.forget(self)
+        self._on_detach()
         log.debug("%r: done", self)
+
+    def _tell_module_reset(self, cause: Cause, message: str) -> None:
+        """Let the module know why its stream was reset (unless it caused it)."""
+        if self.sink is not None and cause not in _MODULE_KNOWS:
+            self._tell_sink_end(cause, message)
+
+    def _on_detach(self) -> None:
+        """The module and the wire are done with this stream."""
 
     # -- push mode (asyncio) --------------------------------------------------------------
 

@@ -42,6 +42,7 @@ from ..errors import (
 )
 from . import _libp2p
 from ._bridge import Bridge, Limits
+from ._channel import ChannelListener
 from ._handoff import Loops, open_loops
 from ._registry import ModuleSession, Registration, Registry, validate_protocol_ids
 from ._rpc import NodeImpl, StreamImpl
@@ -83,6 +84,7 @@ class NodeService:
         self._guarded: set[asyncio.Task[Any]] = set()
         self._connections: dict[int, tuple[Any, Any]] = {}
         self._listener: socket.socket | None = None
+        self._channels: ChannelListener | None = None
         self._accept_task: asyncio.Task[Any] | None = None
         self._offers = 0
         self._identify_dirty = False
@@ -190,14 +192,23 @@ class NodeService:
         await self.loops.to_trio(partial(_libp2p.disconnect, self.host, peer_id))
 
     def register(
-        self, session: ModuleSession, protocols: list[str], handler: Any, *, share: bool, accept_timeout: float
+        self,
+        session: ModuleSession,
+        protocols: list[str],
+        handler: Any,
+        *,
+        share: bool,
+        accept_timeout: float,
+        channel: bool = False,
     ) -> Registration:
         if self.shutting_down:
             raise NodeShutdown()
         ids = validate_protocol_ids(protocols)
+        if channel and session.channel is None:
+            raise InvalidArgument("open the data channel before registering with channel=true")
         if len(session.registrations) >= self.config.max_registrations_per_module:
             raise LimitExceeded(f"a module may hold {self.config.max_registrations_per_module} registrations")
-        reg = Registration(session, ids, handler, share, accept_timeout)
+        reg = Registration(session, ids, handler, share, accept_timeout, channel)
         self.registry.add(reg)
         log.info("module %s registered %s", session.id, list(ids))
         return reg
@@ -263,6 +274,13 @@ class NodeService:
         if reg is None:
             await _libp2p.reset(net_stream)
             return
+        if reg.channel:
+            channel = reg.session.channel
+            if channel is None or channel.closed:
+                await _libp2p.reset(net_stream)
+                return
+            await channel.deliver(reg, net_stream)
+            return
         bridge = Bridge(net_stream, "inbound", reg.session, self.loops, self.limits)
         try:
             reg.session.adopt(bridge)
@@ -304,6 +322,11 @@ class NodeService:
         if address.kind == "unix":
             sock = _bind_unix(Path(address.path))
             where = str(address)
+            data_path = address.path + ".data"
+            data_sock = _bind_unix(Path(data_path), socket.SOCK_SEQPACKET)
+            self._channels = ChannelListener(self, data_sock, data_path)
+            channels = self._channels
+            self.loops.spawn_trio(lambda: channels.serve(self.loops.spawn_trio))
         else:
             sock = socket.create_server((address.host, address.port), backlog=128, reuse_port=False)
             host, port = sock.getsockname()[:2]
@@ -315,6 +338,29 @@ class NodeService:
         self._unix_path = address.path if address.kind == "unix" else ""
         self._accept_task = self.loops.spawn_aio(self._accept_loop(sock))
         return where
+
+    def offer_channel(self, session: ModuleSession) -> tuple[str, bytes]:
+        """A data channel token for ``session`` (``Node.dataChannel``)."""
+        if self._channels is None:
+            raise InvalidArgument("this node offers data channels only on a unix RPC endpoint")
+        if self.shutting_down:
+            raise NodeShutdown()
+        return self._channels.path, self._channels.offer(session)
+
+    def end_session(self, session: ModuleSession) -> None:
+        """The module's data channel closed: the module is gone (or broken) as a whole."""
+        if session.closed:
+            return
+        session.teardown(self.registry, Cause.MODULE_GONE, "the module's data channel closed")
+        conn = self._connections.get(session.id)
+        if conn is not None:
+
+            async def close() -> None:
+                for part in conn:
+                    with contextlib.suppress(Exception):
+                        part.close()
+
+            self.loops.spawn_aio(close())
 
     async def _accept_loop(self, sock: socket.socket) -> None:
         loop = asyncio.get_running_loop()
@@ -348,6 +394,8 @@ class NodeService:
                 log.info("module %s connection ended: %s", session.id, _first_line(exc))
         finally:
             log.info("module %s disconnected", session.id)
+            if self._channels is not None:
+                self._channels.forget(session)
             session.teardown(self.registry, Cause.MODULE_GONE, "the module disconnected")
             self.sessions.pop(session.id, None)
             self._connections.pop(session.id, None)
@@ -365,11 +413,17 @@ class NodeService:
             self._accept_task.cancel()
         if self._listener is not None:
             self._listener.close()
-        if self._unix_path:
-            with contextlib.suppress(OSError):
-                os.unlink(self._unix_path)
+        if self._channels is not None:
+            self._channels.close()
+        for path in (self._unix_path, self._channels.path if self._channels else ""):
+            if path:
+                with contextlib.suppress(OSError):
+                    os.unlink(path)
 
     async def _close_connections(self) -> None:
+        for session in list(self.sessions.values()):
+            if session.channel is not None:
+                session.channel.close()
         for server, stream in list(self._connections.values()):
             with contextlib.suppress(Exception):
                 server.close()
@@ -397,7 +451,7 @@ def _peer_label(conn: socket.socket, peer: Any) -> str:
     return f"{peer[0]}:{peer[1]}"
 
 
-def _bind_unix(path: Path) -> socket.socket:
+def _bind_unix(path: Path, kind: int = socket.SOCK_STREAM) -> socket.socket:
     """A listening unix socket, mode 0600, in a directory only this user can enter."""
     parent = path.parent
     if not parent.exists():
@@ -408,7 +462,7 @@ def _bind_unix(path: Path) -> socket.socket:
     if path.exists() or path.is_symlink():
         if not stat.S_ISSOCK(path.lstat().st_mode):
             raise FileExistsError(f"{path} exists and is not a socket")
-        probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        probe = socket.socket(socket.AF_UNIX, kind)
         try:
             probe.connect(str(path))
         except OSError:
@@ -417,7 +471,7 @@ def _bind_unix(path: Path) -> socket.socket:
             raise OSError(f"another node is listening on {path}")
         finally:
             probe.close()
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock = socket.socket(socket.AF_UNIX, kind)
     old = os.umask(0o177)
     try:
         sock.bind(str(path))

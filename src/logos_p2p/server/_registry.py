@@ -14,10 +14,13 @@ import logging
 from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..errors import Cause, InvalidArgument, LimitExceeded, ProtocolInUse
 from ._bridge import Bridge
+
+if TYPE_CHECKING:
+    from ._channel import DataChannel
 
 log = logging.getLogger("logos_p2p.node")
 
@@ -55,6 +58,7 @@ class Registration:
     handler: Any  # the module's Handler capability
     share: bool
     accept_timeout: float
+    channel: bool = False  # inbound streams go over the module's data channel
     id: int = field(default_factory=lambda: next(_registration_ids))
     active: bool = True
 
@@ -126,6 +130,7 @@ class ModuleSession:
         self.bytes_in = 0
         self.bytes_out = 0
         self.closed = False
+        self.channel: DataChannel | None = None
         self._count_reset = count_reset
         self._max_streams = max_streams
 
@@ -153,6 +158,8 @@ class ModuleSession:
     def teardown(self, registry: Registry, cause: Cause, message: str) -> None:
         """The module is gone (or the node stops): unmount and reset everything it had."""
         self.closed = True
+        if self.channel is not None and cause is not Cause.NODE_SHUTDOWN:
+            self.channel.close()
         for reg in list(self.registrations.values()):
             registry.remove(reg)
         for bridge in list(self.bridges.values()):

@@ -43,7 +43,7 @@ def remote_errors() -> Iterator[None]:
         raise RemoteError(exc) from None
 
 
-def _timeout(ms: int, default: float) -> float:
+def timeout_from_ms(ms: int, default: float) -> float:
     if ms > MAX_TIMEOUT_MS:
         raise InvalidArgument(f"timeout over {MAX_TIMEOUT_MS} ms")
     return ms / 1000 if ms else default
@@ -61,7 +61,7 @@ class NodeImpl(rpc.Node.Server):  # type: ignore[name-defined,misc]
 
     async def connectPeer(self, addr: str, timeoutMs: int, **_: Any) -> Any:
         with remote_errors():
-            timeout = _timeout(timeoutMs, self._node.config.dial_timeout)
+            timeout = timeout_from_ms(timeoutMs, self._node.config.dial_timeout)
             return await self._node.guard(self._node.connect_peer(addr, timeout))
 
     async def disconnectPeer(self, peerId: str, **_: Any) -> None:
@@ -81,15 +81,16 @@ class NodeImpl(rpc.Node.Server):  # type: ignore[name-defined,misc]
                 list(protocols),
                 handler,
                 share=options.share,
-                accept_timeout=_timeout(accept_ms, self._node.config.accept_timeout),
+                accept_timeout=timeout_from_ms(accept_ms, self._node.config.accept_timeout),
+                channel=options.channel,
             )
-            return RegistrationImpl(self._node, reg)
+            return RegistrationImpl(self._node, reg), reg.id
 
     async def openStream(
         self, peerId: str, protocols: Any, addrs: Any, timeoutMs: int, sink: Any, _context: Any, **_: Any
     ) -> Any:
         with remote_errors():
-            timeout = _timeout(timeoutMs, self._node.config.open_timeout)
+            timeout = timeout_from_ms(timeoutMs, self._node.config.open_timeout)
             bridge = await self._node.guard(
                 self._node.open_stream(self._session, peerId, list(protocols), list(addrs), timeout)
             )
@@ -107,6 +108,10 @@ class NodeImpl(rpc.Node.Server):  # type: ignore[name-defined,misc]
 
     async def waitShutdown(self, **_: Any) -> None:
         await self._node.shutdown_started.wait()
+
+    async def dataChannel(self, **_: Any) -> Any:
+        with remote_errors():
+            return self._node.offer_channel(self._session)
 
     async def setModuleName(self, moduleName: str, **_: Any) -> None:
         with remote_errors():

@@ -12,7 +12,8 @@ Metrics per round:
   rtt_us            median round trip of 32-byte echoes on one stream
   throughput_mbps   echo throughput, 64 KiB writes, reader concurrent
   open_per_s        stream-open rate: open, 1 byte there and back, close
-  idle_kib          server memory per idle stream, 1,000 streams held (RSS delta):
+  idle_kib          server memory per idle stream, 1,000 streams held (RSS delta),
+                    measured once per path on fresh processes before the rounds:
                     the node for logos, the host for direct, the daemon for p2pd
   conc_mbps         echo throughput over those 1,000 streams at once
                     (logos: 20 module processes share the protocol)
@@ -214,9 +215,8 @@ def rss(pid: int) -> int:
     return int(psutil.Process(pid).memory_info().rss)
 
 
-async def concurrent(hosts: list[Any], peer_id: Any, streams: int, total: int, server_pid: int) -> tuple[float, float]:
-    """Hold `streams` streams (spread over the client hosts), then echo over all at once."""
-    before = rss(server_pid)
+async def hold_streams(hosts: list[Any], peer_id: Any, streams: int) -> list[Any]:
+    """Open `streams` streams spread over the client hosts, each echoed once end to end."""
     opened: list[Any] = []
     per_host = streams // len(hosts)
     for host in hosts:
@@ -225,8 +225,26 @@ async def concurrent(hosts: list[Any], peer_id: Any, streams: int, total: int, s
             await stream.write(b"!")
             await read_exactly(stream, 1)  # delivered all the way to the handler and back
             opened.append(stream)
+    return opened
+
+
+async def idle_memory(hosts: list[Any], peer_id: Any, streams: int, server_pid: int) -> float:
+    """Server RSS growth per idle stream, on a fresh server (Python's RSS never shrinks back)."""
+    for stream in await hold_streams(hosts, peer_id, 8):  # warm up: first-use allocations
+        await stream.reset()
+    await trio.sleep(0.5)
+    before = rss(server_pid)
+    opened = await hold_streams(hosts, peer_id, streams)
     await trio.sleep(0.5)  # let the server settle before reading its memory
     idle_kib = (rss(server_pid) - before) / len(opened) / 1024
+    for stream in opened:
+        await stream.reset()
+    return idle_kib
+
+
+async def concurrent(hosts: list[Any], peer_id: Any, streams: int, total: int) -> float:
+    """Hold `streams` streams, then echo over all of them at once."""
+    opened = await hold_streams(hosts, peer_id, streams)
     each = total // len(opened)
     block = os.urandom(each)
 
@@ -242,7 +260,7 @@ async def concurrent(hosts: list[Any], peer_id: Any, streams: int, total: int, s
     elapsed = time.perf_counter() - started
     for stream in opened:
         await stream.reset()
-    return idle_kib, each * len(opened) / elapsed / 1e6
+    return each * len(opened) / elapsed / 1e6
 
 
 @contextlib.asynccontextmanager
@@ -270,9 +288,17 @@ async def measure(target: Target, sizes: dict[str, int], step: Callable[[str], N
         with bounded(step, f"{target.name} open rate"):
             result["open_per_s"] = await open_rate(main, info.peer_id, sizes["opens"])
         with bounded(step, f"{target.name} {sizes['streams']} streams"):
-            idle, conc = await concurrent(hosts, info.peer_id, sizes["streams"], sizes["conc_bytes"], target.server_pid)
-        result["idle_kib"], result["conc_mbps"] = idle, conc
+            result["conc_mbps"] = await concurrent(hosts, info.peer_id, sizes["streams"], sizes["conc_bytes"])
     return result
+
+
+async def measure_memory(target: Target, streams: int, step: Callable[[str], None]) -> float:
+    info = info_from_p2p_addr(multiaddr.Multiaddr(target.addr))
+    async with client_hosts(4) as hosts:
+        for host in hosts:
+            await host.connect(info)
+        with bounded(step, f"{target.name} memory"):
+            return await idle_memory(hosts, info.peer_id, streams, target.server_pid)
 
 
 @contextlib.contextmanager
@@ -370,8 +396,15 @@ async def main(args: argparse.Namespace) -> None:
     paths = args.paths.split(",")
     with tempfile.TemporaryDirectory() as tmp:
         starters = {"direct": start_direct, "logos": lambda: start_logos(Path(tmp), 20), "p2pd": start_p2pd}
+        progress = Progress((rounds * 4 + 1) * len(paths))
+        memory: dict[str, float] = {}
+        for path in paths:  # memory first, each on fresh server processes
+            target = starters[path]()
+            try:
+                memory[path] = await measure_memory(target, sizes["streams"], progress)
+            finally:
+                target.stop()
         targets = [starters[p]() for p in paths]
-        progress = Progress(rounds * len(targets) * 4)
         samples: dict[str, list[dict[str, float]]] = {t.name: [] for t in targets}
         try:
             for _ in range(rounds):
@@ -380,6 +413,9 @@ async def main(args: argparse.Namespace) -> None:
         finally:
             for target in targets:
                 target.stop()
+    for path, kib in memory.items():
+        for sample in samples[path]:
+            sample["idle_kib"] = kib
     sys.stderr.write("\n")
     summary = summarize(samples)
     stamp = time.strftime("%Y%m%d-%H%M%S")

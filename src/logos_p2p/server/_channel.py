@@ -161,11 +161,14 @@ class SocketBridge(Bridge):
                     if self.state.state not in WRITABLE:
                         self.reset(Cause.PROTOCOL_ERROR, f"the module wrote in state {self.state.state.value}")
                         return
+                    self.tx_bytes = len(msg) - 1  # held by the node while libp2p takes it
                     try:
                         await _libp2p.write(self.net, msg[1:])
                     except LogosP2PError as exc:
                         self.reset(getattr(exc, "cause", Cause.PROTOCOL_ERROR), str(exc), from_wire=True)
                         return
+                    finally:
+                        self.tx_bytes = 0
                     self.bytes_out += len(msg) - 1
                     self.owner.account(self, bytes_out=len(msg) - 1)
                 elif kind == EOF:

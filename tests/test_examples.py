@@ -187,4 +187,5 @@ async def test_chat_between_two_terminals(node_factory, tmux):
     tmux.keys("alice", "are you there?")
     await tmux.shows("alice", "* nobody is listening")
     tmux.keys("alice", "/quit")
-    await tmux.shows("alice", "chat: bye")
+    screen = await tmux.shows("alice", "chat: bye")
+    print(f"--- alice's terminal ---\n{screen}")  # shown by `pytest -rP`: the transcript

@@ -135,7 +135,10 @@ class SocketTransport(_Transport):
 
     async def _send(self, *parts: bytes | memoryview) -> None:
         while True:
-            self._core.state.check_write() if parts[0] == DATA else self._check_alive()
+            if parts[0] == DATA:
+                self._core.state.check_write()
+            else:
+                self._check_alive()
             sock = self._sock
             if sock is None:
                 raise StreamClosed("the stream is closed")

@@ -11,7 +11,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from functools import partial
 from types import SimpleNamespace
-from typing import Any
+from typing import Any, TypeVar
 
 import capnp
 
@@ -26,6 +26,7 @@ log = logging.getLogger("logos_p2p.client")
 rpc = _schema.load()
 
 Handler = Callable[[Stream], Awaitable[None]]
+T = TypeVar("T")
 
 DEFAULT_OPEN_TIMEOUT = 30.0
 RPC_TRAVERSAL_LIMIT_WORDS = 8 * 1024 * 1024
@@ -50,6 +51,17 @@ def _timeout_ms(timeout: float | None) -> int:
     if timeout <= 0:
         raise InvalidArgument("timeout must be positive")
     return max(1, round(timeout * 1000))
+
+
+OPEN_ANSWER_GRACE = 5.0  # beyond an open's own timeout, how long the node may take to answer
+
+
+async def _answered(opening: Awaitable[T], timeout: float) -> T:
+    """The node's answer to an open; Timeout if it does not come soon after ``timeout``."""
+    try:
+        return await asyncio.wait_for(opening, timeout + OPEN_ANSWER_GRACE)
+    except TimeoutError:
+        raise Timeout(f"the node did not answer an open within {timeout + OPEN_ANSWER_GRACE:g}s") from None
 
 
 class Registration:
@@ -280,26 +292,18 @@ class Node:
             "addrs": list(addrs or ()),
             "timeoutMs": _timeout_ms(timeout),
         }
-        sink = None
         if self._push:
             core.limit = Tuning.rx_buffer
-            sink = _Sink(core)
-            stream_args["sink"] = sink
-        try:
-            with translate(self._is_shutting_down):
-                answer = await asyncio.wait_for(self._cap.openStream(**stream_args), timeout + 5)
-        except TimeoutError:
-            raise Timeout(f"the node did not answer openStream within {timeout + 5:g}s") from None
+            stream_args["sink"] = _Sink(core)
+        with translate(self._is_shutting_down):
+            answer = await _answered(self._cap.openStream(**stream_args), timeout)
         return self._adopt(answer.stream, answer.info, core)
 
     async def _open_on_channel(
         self, channel: Channel, peer_id: str, protocols: Sequence[str], addrs: Sequence[str] | None, timeout: float
     ) -> Stream:
         opening = channel.open(peer_id, list(protocols), list(addrs or ()), _timeout_ms(timeout))
-        try:
-            sock, info = await asyncio.wait_for(opening, timeout + 5)
-        except TimeoutError:
-            raise Timeout(f"the node did not answer an open within {timeout + 5:g}s") from None
+        sock, info = await _answered(opening, timeout)
         return self._adopt_socket(channel, sock, info)
 
     # -- streams and handlers ------------------------------------------------------------------

@@ -43,7 +43,7 @@ import trio.lowlevel
 from .. import _schema
 from .._state import WRITABLE, Event, State
 from .._wire import error_to_marker
-from ..errors import Cause, InvalidArgument, LimitExceeded, LogosP2PError, NodeShutdown
+from ..errors import Cause, InvalidArgument, LogosP2PError, NodeShutdown, StreamReset
 from . import _libp2p
 from ._bridge import _MODULE_KNOWS, Bridge, Limits, Owner
 from ._handoff import Loops
@@ -124,8 +124,8 @@ class SocketBridge(Bridge):
             while not self.wire_released:
                 try:
                     data = await _libp2p.read(self.net, MAX_DATA)
-                except LogosP2PError as exc:
-                    self.reset(getattr(exc, "cause", Cause.PROTOCOL_ERROR), str(exc), from_wire=True)
+                except StreamReset as exc:
+                    self.reset(exc.cause, str(exc), from_wire=True)
                     return
                 if data is None:
                     if delivering and self.state.state is not State.CLOSED:
@@ -164,8 +164,8 @@ class SocketBridge(Bridge):
                     self.tx_bytes = len(msg) - 1  # held by the node while libp2p takes it
                     try:
                         await _libp2p.write(self.net, msg[1:])
-                    except LogosP2PError as exc:
-                        self.reset(getattr(exc, "cause", Cause.PROTOCOL_ERROR), str(exc), from_wire=True)
+                    except StreamReset as exc:
+                        self.reset(exc.cause, str(exc), from_wire=True)
                         return
                     finally:
                         self.tx_bytes = 0
@@ -197,8 +197,8 @@ class SocketBridge(Bridge):
     async def _half_close(self) -> bool:
         try:
             await _libp2p.close_write(self.net)
-        except LogosP2PError as exc:
-            self.reset(getattr(exc, "cause", Cause.PROTOCOL_ERROR), str(exc), from_wire=True)
+        except StreamReset as exc:
+            self.reset(exc.cause, str(exc), from_wire=True)
             return False
         self.eof_sent = True
         await self.channel.tell(_message(flushed=self.info.id))
@@ -334,29 +334,20 @@ class DataChannel:
     async def deliver(self, reg: Registration, net_stream: INetStream) -> None:
         """Give an inbound stream to the module (trio, from the libp2p handler)."""
         bridge = SocketBridge(net_stream, "inbound", self.session, self.node.loops, self.node.limits, self)
-        if not self._adopt(bridge):
-            await _libp2p.reset(net_stream)
-            return
+        if await self.node.adopt_inbound(self.session, bridge):
+            await self._hand_over(bridge, inbound={"registration": reg.id, "info": bridge.info.to_capnp()})
+
+    async def _hand_over(self, bridge: SocketBridge, **header: Any) -> None:
+        """Send the module its stream's socket with the message ``header``, then start the stream."""
         theirs = bridge.make_socket()
         try:
-            message = _message(inbound={"registration": reg.id, "info": bridge.info.to_capnp()})
-            sent = await self.tell(message, theirs)
+            sent = await self.tell(_message(**header), theirs)
         finally:
             theirs.close()
         if not sent:
             bridge.abandon(Cause.MODULE_GONE, "the module's data channel is closed", linger=False)
             return
         bridge.start()
-
-    def _adopt(self, bridge: SocketBridge) -> bool:
-        try:
-            self.session.adopt(bridge)
-        except LimitExceeded as exc:
-            log.warning("refusing a %s stream: %s", bridge.info.protocol, exc)
-            self.node._count_reset(Cause.LIMIT_EXCEEDED)
-            return False
-        self.node.streams_total += 1
-        return True
 
     # -- from the module ------------------------------------------------------------------
 
@@ -404,36 +395,23 @@ class DataChannel:
             except LogosP2PError as exc:
                 await self.tell(_message(openFailed={"request": request, "error": error_to_marker(exc)}))
                 return
-            theirs = bridge.make_socket()
-            try:
-                sent = await self.tell(_message(opened={"request": request, "info": bridge.info.to_capnp()}), theirs)
-            finally:
-                theirs.close()
-            if not sent:
-                bridge.abandon(Cause.MODULE_GONE, "the module's data channel is closed", linger=False)
-                return
-            bridge.start()
+            await self._hand_over(bridge, opened={"request": request, "info": bridge.info.to_capnp()})
         finally:
             self.node._offers -= 1
 
     async def _open_bridge(self, peer: str, protocols: list[str], addrs: list[str], timeout_ms: int) -> SocketBridge:
-        from ._registry import validate_protocol_ids
         from ._rpc import timeout_from_ms
 
         if self.node.shutting_down or self.closed:
             raise NodeShutdown()
-        ids = validate_protocol_ids(protocols)
-        if len(addrs) > 64:
-            raise InvalidArgument("at most 64 addresses")
+        ids = self.node.check_open(protocols, addrs)
         timeout = timeout_from_ms(timeout_ms, self.node.config.open_timeout)
         net_stream = await _libp2p.open_stream(self.node.host, peer, ids, addrs, timeout)
         bridge = SocketBridge(net_stream, "outbound", self.session, self.node.loops, self.node.limits, self)
         if self.closed:
             await _libp2p.reset(net_stream)
             raise NodeShutdown("the module's data channel closed")
-        if not self._adopt(bridge):
-            await _libp2p.reset(net_stream)
-            raise LimitExceeded("the module has as many open streams as it may")
+        await self.node.adopt(self.session, bridge)
         return bridge
 
 

@@ -37,7 +37,6 @@ from ..errors import (
     Cause,
     InvalidArgument,
     LimitExceeded,
-    LogosP2PError,
     NodeShutdown,
 )
 from . import _libp2p
@@ -49,6 +48,8 @@ from ._rpc import NodeImpl, StreamImpl
 
 log = logging.getLogger("logos_p2p.node")
 T = TypeVar("T")
+
+MAX_DIAL_ADDRS = 64  # addresses one open request may ask the node to dial
 
 
 @dataclass
@@ -245,25 +246,45 @@ class NodeService:
     async def open_stream(
         self, session: ModuleSession, peer: str, protocols: list[str], addrs: list[str], timeout: float
     ) -> Bridge:
-        ids = validate_protocol_ids(protocols)
-        if len(addrs) > 64:
-            raise InvalidArgument("at most 64 addresses")
+        ids = self.check_open(protocols, addrs)
 
         async def opener() -> Bridge:
             net_stream = await _libp2p.open_stream(self.host, peer, ids, addrs, timeout)
             bridge = Bridge(net_stream, "outbound", session, self.loops, self.limits)
-            try:
-                session.adopt(bridge)
-            except LogosP2PError:
-                await _libp2p.reset(net_stream)
-                raise
-            self.streams_total += 1
+            await self.adopt(session, bridge)
             bridge.start()
             return bridge
 
         return await self.loops.to_trio(
             opener, orphan=lambda b: b.abandon(Cause.CAPABILITY_DROPPED, "the module gave up opening the stream")
         )
+
+    @staticmethod
+    def check_open(protocols: list[str], addrs: list[str]) -> tuple[str, ...]:
+        """The protocol ids of an open request, checked along with its addresses."""
+        ids = validate_protocol_ids(protocols)
+        if len(addrs) > MAX_DIAL_ADDRS:
+            raise InvalidArgument(f"at most {MAX_DIAL_ADDRS} addresses")
+        return ids
+
+    async def adopt(self, session: ModuleSession, bridge: Bridge) -> None:
+        """Put a new stream on its module's books, or reset it and raise LimitExceeded."""
+        try:
+            session.adopt(bridge)
+        except LimitExceeded:
+            await _libp2p.reset(bridge.net)
+            raise
+        self.streams_total += 1
+
+    async def adopt_inbound(self, session: ModuleSession, bridge: Bridge) -> bool:
+        """:meth:`adopt` for a stream a peer opened: a refusal is logged and counted."""
+        try:
+            await self.adopt(session, bridge)
+        except LimitExceeded as exc:
+            log.warning("refusing a %s stream: %s", bridge.info.protocol, exc)
+            self._count_reset(Cause.LIMIT_EXCEEDED)
+            return False
+        return True
 
     # -- inbound streams ------------------------------------------------------------------------
 
@@ -282,14 +303,8 @@ class NodeService:
             await channel.deliver(reg, net_stream)
             return
         bridge = Bridge(net_stream, "inbound", reg.session, self.loops, self.limits)
-        try:
-            reg.session.adopt(bridge)
-        except LimitExceeded as exc:
-            log.warning("refusing a %s stream: %s", proto, exc)
-            self._count_reset(Cause.LIMIT_EXCEEDED)
-            await _libp2p.reset(net_stream)
+        if not await self.adopt_inbound(reg.session, bridge):
             return
-        self.streams_total += 1
         bridge.start()
         self._offers += 1
         self.loops.spawn_aio(self._offer(reg, bridge))

@@ -126,6 +126,7 @@ struct Status {
   resets @4 :List(CauseCount);  # resets since start, by cause
   streamsTotal @5 :UInt64;    # streams bridged since start
   tasks @6 :UInt32;           # node tasks serving streams (0 when idle)
+  authFailures @7 :UInt64;    # TCP RPC clients refused since start (wrong, no or late token proof)
 }
 
 interface Node {

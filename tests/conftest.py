@@ -20,6 +20,23 @@ from .support.nodeproc import NodeProcess, start_node
 from .support.peer import Peer, open_peer
 
 
+@pytest.fixture(scope="session", autouse=True)
+def private_runtime_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """Default sockets and TCP tokens of this run's nodes and modules live in a directory
+    of its own (``$XDG_RUNTIME_DIR``, inherited by every process a test starts)."""
+    runtime = tmp_path_factory.mktemp("runtime")
+    runtime.chmod(0o700)
+    old = os.environ.get("XDG_RUNTIME_DIR")
+    os.environ["XDG_RUNTIME_DIR"] = str(runtime)
+    try:
+        yield runtime
+    finally:
+        if old is None:
+            os.environ.pop("XDG_RUNTIME_DIR", None)
+        else:
+            os.environ["XDG_RUNTIME_DIR"] = old
+
+
 @pytest.fixture
 def node_factory(tmp_path: Path) -> Iterator[Callable[..., NodeProcess]]:
     nodes: list[NodeProcess] = []

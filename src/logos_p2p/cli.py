@@ -13,6 +13,8 @@ from typing import Any
 from . import __version__
 
 STATUS_NAME = "logos-p2p status"
+# the client keeps up to 1 MiB of writes in flight per stream, in 256 KiB calls
+MIN_BUFFER = 1024 * 1024
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -36,12 +38,49 @@ def _parser() -> argparse.ArgumentParser:
     )
     serve.add_argument("--identity", type=Path, metavar="FILE", help="private key file; created on first run")
     serve.add_argument("--muxer", choices=["yamux", "mplex"], help="preferred stream muxer (default yamux)")
-    serve.add_argument("--accept-timeout", type=float, default=10.0, metavar="S", help="Handler answer deadline")
+    serve.add_argument(
+        "--token-file",
+        type=Path,
+        metavar="FILE",
+        help="secret a TCP RPC client must prove it knows (created 0600 if missing; default "
+        "<rpc state dir>/rpc-token); unix endpoints are guarded by file permissions instead",
+    )
+    limits = serve.add_argument_group("timeouts and limits")
+    limits.add_argument("--accept-timeout", type=float, default=10.0, metavar="S", help="Handler answer deadline")
+    limits.add_argument(
+        "--idle-timeout", type=float, default=300.0, metavar="S", help="reset a stream idle this long (0: never)"
+    )
+    limits.add_argument("--max-streams-per-module", type=_positive, default=4096, metavar="N")
+    limits.add_argument("--max-registrations-per-module", type=_positive, default=1024, metavar="N")
+    limits.add_argument(
+        "--max-stream-buffer",
+        type=_positive,
+        default=8 * 1024 * 1024,
+        metavar="BYTES",
+        help="module writes a stream may queue in the node before they fail (LimitExceeded)",
+    )
+    limits.add_argument(
+        "--max-rpc-message",
+        type=_positive,
+        default=64 * 1024 * 1024,
+        metavar="BYTES",
+        help="largest RPC message the node reads (Cap'n Proto traversal limit)",
+    )
     serve.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
 
     status = sub.add_parser("status", help="print what a running node holds, as JSON")
     status.add_argument("--rpc", default="", metavar="ADDR", help="the node's RPC endpoint")
+    status.add_argument(
+        "--token-file", type=Path, metavar="FILE", help="the node's token, for a TCP endpoint (see serve)"
+    )
     return parser
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be a positive integer: {text}")
+    return value
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -57,6 +96,7 @@ def _serve(args: argparse.Namespace) -> int:
     from . import _address
     from .errors import LogosP2PError
     from .server import NodeConfig, NodeService
+    from .server._bridge import Limits
     from .server._libp2p import parse_addr, quiet_libp2p_logs
 
     try:  # bad arguments fail before anything starts
@@ -70,7 +110,25 @@ def _serve(args: argparse.Namespace) -> int:
     level = getattr(logging, args.log_level.upper())
     logging.basicConfig(level=level, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     quiet_libp2p_logs(level)
-    config = NodeConfig(rpc=args.rpc, identity=args.identity, muxer=args.muxer, accept_timeout=args.accept_timeout)
+    problem = ""
+    if args.idle_timeout < 0 or args.accept_timeout <= 0:
+        problem = "timeouts must be positive (--idle-timeout 0 turns it off)"
+    elif min(args.max_stream_buffer, args.max_rpc_message) < MIN_BUFFER:
+        problem = f"--max-stream-buffer and --max-rpc-message must be at least {MIN_BUFFER} bytes"
+    if problem:
+        print(f"logos-p2p serve: {problem}", file=sys.stderr)
+        return 2
+    config = NodeConfig(
+        rpc=args.rpc,
+        identity=args.identity,
+        muxer=args.muxer,
+        accept_timeout=args.accept_timeout,
+        token_file=args.token_file,
+        max_streams_per_module=args.max_streams_per_module,
+        max_registrations_per_module=args.max_registrations_per_module,
+        rpc_traversal_limit_words=args.max_rpc_message // 8,
+        limits=Limits(idle_timeout=args.idle_timeout, tx_hard_limit=args.max_stream_buffer),
+    )
     if args.listen:
         config.listen = args.listen
 
@@ -108,13 +166,22 @@ def _status(args: argparse.Namespace) -> int:
 
     from .client import connect
 
+    token = args.token_file.read_text() if args.token_file else None
+
     async def run() -> Any:
-        async with connect(args.rpc or None, name=STATUS_NAME) as node:
+        async with connect(args.rpc or None, name=STATUS_NAME, token=token) as node:
             status = await node.status()
         status["modules"] = [m for m in status["modules"] if m["name"] != STATUS_NAME]  # not ourselves
         return status
 
-    print(json.dumps(asyncio.run(run()), indent=2))
+    from .errors import LogosP2PError
+
+    try:
+        status = asyncio.run(run())
+    except (LogosP2PError, OSError) as exc:
+        print(f"logos-p2p status: {exc}", file=sys.stderr)
+        return 1
+    print(json.dumps(status, indent=2))
     return 0
 
 

@@ -5,7 +5,8 @@ The types mirror what happened to a stream, like trio's and anyio's families:
 * :class:`StreamClosed` -- *you* closed it (or its write side) and then used it;
 * :class:`StreamReset` -- it *broke*: the remote peer, the connection, the node
   or a failure reset it. ``cause`` says which; the subclasses
-  :class:`ConnectionLost` and :class:`NodeShutdown` name the common causes;
+  :class:`ConnectionLost`, :class:`StreamTimeout` and :class:`NodeShutdown`
+  name the common causes;
 * :class:`EndOfStream` -- the peer half-closed cleanly before the bytes a
   framed read needed (``read()`` itself returns ``b""`` at end of stream);
 * :class:`Busy` -- two tasks used one direction of a stream at once.
@@ -67,8 +68,20 @@ class ConnectionLost(StreamReset):
         super().__init__(message or "connection to the peer lost", cause)
 
 
+class StreamTimeout(StreamReset):
+    """The stream was reset because a deadline passed: it sat idle longer than
+    the node's idle timeout, or a handler did not accept it in time."""
+
+    def __init__(self, message: str = "", cause: Cause = Cause.TIMEOUT) -> None:
+        super().__init__(message or "the stream timed out", cause)
+
+
 class NodeUnavailable(LogosP2PError):
     """The node cannot be reached, or the RPC connection to it broke."""
+
+
+class AuthenticationFailed(NodeUnavailable):
+    """The node's TCP endpoint refused this client: no token, or the wrong one."""
 
 
 class NodeShutdown(StreamReset, NodeUnavailable):
@@ -162,10 +175,13 @@ def reset_error(cause: Cause, message: str = "") -> StreamReset:
         return NodeShutdown(message)
     if cause is Cause.MODULE_GONE:
         return NodeDisconnected(message)
+    if cause is Cause.TIMEOUT:
+        return StreamTimeout(message)
     return StreamReset(message, cause)
 
 
 __all__ = [
+    "AuthenticationFailed",
     "Busy",
     "Cause",
     "ConnectionLost",
@@ -187,6 +203,7 @@ __all__ = [
     "StreamClosed",
     "StreamError",
     "StreamReset",
+    "StreamTimeout",
     "Timeout",
     "reset_error",
 ]

@@ -21,6 +21,7 @@ class NodeProcess:
     peer_id: str = ""
     addrs: list[str] = field(default_factory=list)
     rpc: str = ""
+    token_file: str = ""  # TCP endpoints only
 
     @property
     def pid(self) -> int:
@@ -60,6 +61,7 @@ def start_node(workdir: Path, *args: str, rpc: str | None = None, timeout: float
         node.kill()
         raise RuntimeError(f"node did not start:\n{node.log()[-3000:]}") from None
     node.peer_id, node.addrs, node.rpc = ready["peer_id"], ready["addrs"], ready["rpc"]
+    node.token_file = ready.get("token_file", "")
     return node
 
 

@@ -341,3 +341,17 @@ async def echo_stream(ctx: Any, key: str) -> int:
         total += len(chunk)
     await stream.close()
     return total
+
+
+# -- security: what a module can (not) reach ------------------------------------------------------
+
+
+async def forge_channel_reset(ctx: Any, stream_id: int) -> bool:
+    """Ask our data channel to reset a stream id we never held (another module's)."""
+    channel = ctx.node._channel
+    if channel is None:
+        return False
+    channel.send_reset(stream_id, "localReset")
+    # a round trip on the same channel: the node handled the forged reset before this answers
+    await ctx.node.status()
+    return True

@@ -13,6 +13,7 @@ Needs only pycapnp and asyncio (works under trio through trio-asyncio)::
             ...
 """
 
+from ..errors import AuthenticationFailed as AuthenticationFailed
 from ..errors import Busy as Busy
 from ..errors import Cause as Cause
 from ..errors import ConnectionLost as ConnectionLost
@@ -34,6 +35,7 @@ from ..errors import RPCError as RPCError
 from ..errors import StreamClosed as StreamClosed
 from ..errors import StreamError as StreamError
 from ..errors import StreamReset as StreamReset
+from ..errors import StreamTimeout as StreamTimeout
 from ..errors import Timeout as Timeout
 from ._node import Node as Node
 from ._node import NodeInfo as NodeInfo
@@ -43,6 +45,7 @@ from ._node import connect as connect
 from ._stream import Stream as Stream
 
 __all__ = [
+    "AuthenticationFailed",
     "Busy",
     "Cause",
     "ConnectionLost",
@@ -69,6 +72,7 @@ __all__ = [
     "StreamClosed",
     "StreamError",
     "StreamReset",
+    "StreamTimeout",
     "Timeout",
     "connect",
 ]

@@ -15,7 +15,7 @@ from typing import Any, TypeVar
 
 import capnp
 
-from .. import _address, _schema
+from .. import _address, _auth, _schema
 from .._kj import kj_loop
 from ..errors import Cause, InvalidArgument, LogosP2PError, NodeShutdown, NodeUnavailable, StreamError, Timeout
 from ._channel import Channel
@@ -383,6 +383,30 @@ class Node:
             self._on_disconnect()
 
 
+async def _open_tcp(host: str, port: int, token: bytes | None, timeout: float) -> Any:
+    """A TCP connection that passed the node's token authentication, as a capnp stream."""
+    loop = asyncio.get_running_loop()
+    infos = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    last: OSError | None = None
+    for family, kind, proto, _name, addr in infos:
+        sock = socket.socket(family, kind, proto)
+        sock.setblocking(False)
+        try:
+            await loop.sock_connect(sock, addr)
+        except OSError as exc:
+            sock.close()
+            last = exc
+            continue
+        try:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            await _auth.authenticate_to_node(sock, token, timeout)
+            return await capnp.AsyncIoStream.create_connection(sock=sock)
+        except BaseException:
+            sock.close()
+            raise
+    raise last or OSError(f"no address for {host}")
+
+
 @contextlib.asynccontextmanager
 async def connect(
     address: str | None = None,
@@ -390,6 +414,7 @@ async def connect(
     name: str | None = None,
     timeout: float = 10.0,
     data_path: str = "auto",
+    token: str | bytes | None = None,
 ) -> AsyncIterator[Node]:
     """Connect to a node's RPC endpoint: ``unix:PATH`` or ``tcp:HOST:PORT``.
 
@@ -403,6 +428,11 @@ async def connect(
     inbound bytes to a capability of this module; ``"pull"`` -- this module
     asks with ``Stream.read``. ``"auto"`` (the default) takes ``"socket"``
     when the node offers it, else ``"push"``.
+
+    A TCP endpoint needs the node's token (see ``logos_p2p._auth``): ``token``,
+    else ``$LOGOS_P2P_TOKEN``, else the file ``$LOGOS_P2P_TOKEN_FILE``, else the
+    default token file of a node on this machine. A refusal is
+    :class:`AuthenticationFailed`.
     """
     if data_path not in ("auto", "socket", "push", "pull"):
         raise InvalidArgument("data_path must be 'auto', 'socket', 'push' or 'pull'")
@@ -414,7 +444,7 @@ async def connect(
             if target.kind == "unix":
                 opening = capnp.AsyncIoStream.create_unix_connection(target.path)
             else:
-                opening = capnp.AsyncIoStream.create_connection(target.host, target.port)
+                opening = _open_tcp(target.host, target.port, _auth.client_token(token), timeout)
             conn = await asyncio.wait_for(opening, timeout)
         except TimeoutError:
             raise Timeout(f"connecting to {target} took longer than {timeout:g}s") from None

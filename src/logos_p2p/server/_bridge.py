@@ -33,6 +33,7 @@ import asyncio
 import contextlib
 import itertools
 import logging
+import time
 from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -78,6 +79,7 @@ class Limits:
     max_frame: int = 16 * 1024 * 1024  # largest readLp frame
     write_batch: int = 256 * 1024  # queued writes coalesced into one libp2p write
     close_linger: float = 10.0  # after close(): wait for the peer's half-close
+    idle_timeout: float = 300.0  # no byte either way for this long: reset (0 = never), as nim-libp2p
 
 
 @dataclass(frozen=True)
@@ -151,6 +153,7 @@ class Bridge:
         self.tasks = 0
         self.bytes_in = 0
         self.bytes_out = 0
+        self.last_active = time.monotonic()  # the last byte either way (ModuleSession.account)
 
     def __repr__(self) -> str:
         i = self.info

@@ -15,12 +15,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ipaddress
 import logging
 import os
 import socket
 import stat
 import struct
+import time
 from collections import Counter
 from collections.abc import Coroutine
 from dataclasses import dataclass, field
@@ -32,8 +32,9 @@ import capnp
 import trio
 from libp2p.abc import INetStream
 
-from .. import __version__, _address
+from .. import __version__, _address, _auth
 from ..errors import (
+    AuthenticationFailed,
     Cause,
     InvalidArgument,
     LimitExceeded,
@@ -56,6 +57,7 @@ MAX_DIAL_ADDRS = 64  # addresses one open request may ask the node to dial
 class NodeConfig:
     listen: list[str] = field(default_factory=lambda: ["/ip4/0.0.0.0/tcp/4001"])
     rpc: str = ""  # "" = the default unix socket
+    token_file: Path | None = None  # TCP RPC only; default: <default socket dir>/rpc-token
     identity: Path | None = None
     muxer: str | None = None  # "yamux" or "mplex" first; default: yamux
     accept_timeout: float = 10.0  # Handler.handle must answer within this
@@ -88,6 +90,9 @@ class NodeService:
         self._channels: ChannelListener | None = None
         self._accept_task: asyncio.Task[Any] | None = None
         self._offers = 0
+        self._token: bytes | None = None  # a TCP endpoint's secret (see _auth)
+        self.token_file = ""
+        self.auth_failures = 0
         self._identify_dirty = False
         self._identify_pushing = False
         self.loops: Loops
@@ -105,13 +110,18 @@ class NodeService:
                 self.addrs = _libp2p.advertised_addrs(self.host)
                 self.rpc_address = await loops.to_aio(self._start_rpc)
                 log.info("node %s ready; rpc %s; libp2p %s", self.peer_id, self.rpc_address, self.addrs)
+                if self.limits.idle_timeout > 0:
+                    loops.spawn_trio(self._expire_idle)
                 task_status.started(self)
                 await self._stop.wait()
                 with trio.move_on_after(0.3):
                     await self.host.close()
 
     def ready_line(self) -> dict[str, Any]:
-        return {"peer_id": self.peer_id, "addrs": self.addrs, "rpc": self.rpc_address}
+        line = {"peer_id": self.peer_id, "addrs": self.addrs, "rpc": self.rpc_address}
+        if self.token_file:
+            line["token_file"] = self.token_file
+        return line
 
     async def shutdown(self) -> None:
         """Graceful, bounded shutdown (trio). Idempotent."""
@@ -134,6 +144,19 @@ class NodeService:
             await trio.sleep(0.05)  # a few KJ turns to write the last replies
             await self.loops.to_aio(self._close_connections)
         self._stop.set()
+
+    async def _expire_idle(self) -> None:
+        """Reset streams that moved no byte either way for ``idle_timeout`` (checked
+        four times per timeout, so one expires between 1x and 1.25x of it)."""
+        timeout = self.limits.idle_timeout
+        period = min(max(timeout / 4, 0.02), 5.0)
+        while not self.shutting_down:
+            await trio.sleep(period)
+            cutoff = time.monotonic() - timeout
+            for session in list(self.sessions.values()):
+                for bridge in list(session.bridges.values()):
+                    if bridge.last_active < cutoff and not bridge.state.is_reset:
+                        bridge.reset(Cause.TIMEOUT, f"no data either way for {timeout:g} s (idle timeout)")
 
     # -- accounting --------------------------------------------------------------------------
 
@@ -158,6 +181,7 @@ class NodeService:
             "resets": [{"cause": c.value, "count": n} for c, n in sorted(self.resets.items(), key=_by_value)],
             "streamsTotal": self.streams_total,
             "tasks": self.tasks,
+            "authFailures": self.auth_failures,
         }
 
     def peers(self) -> list[dict[str, Any]]:
@@ -343,11 +367,14 @@ class NodeService:
             channels = self._channels
             self.loops.spawn_trio(lambda: channels.serve(self.loops.spawn_trio))
         else:
+            token_path = self.config.token_file or _auth.default_token_file()
+            if not token_path.parent.exists():
+                token_path.parent.mkdir(mode=0o700, parents=True)
+            self._token = _auth.node_token(token_path)
+            self.token_file = str(token_path)
             sock = socket.create_server((address.host, address.port), backlog=128, reuse_port=False)
             host, port = sock.getsockname()[:2]
             where = str(_address.Address("tcp", host=host, port=port))
-            if not ipaddress.ip_address(host).is_loopback:
-                log.warning("the TCP RPC endpoint %s accepts modules without authentication", where)
         sock.setblocking(False)
         self._listener = sock
         self._unix_path = address.path if address.kind == "unix" else ""
@@ -388,7 +415,25 @@ class NodeService:
                 log.warning("accepting an RPC connection failed: %s", exc)
                 await asyncio.sleep(0.1)
                 continue
-            self.loops.spawn_aio(self._serve_connection(conn, _peer_label(conn, peer)))
+            if self._token is None:
+                self.loops.spawn_aio(self._serve_connection(conn, _peer_label(conn, peer)))
+            else:
+                self.loops.spawn_aio(self._authenticate(conn, _peer_label(conn, peer), self._token))
+
+    async def _authenticate(self, conn: socket.socket, label: str, token: bytes) -> None:
+        """A TCP client proves it knows the token before it reaches any capability."""
+        conn.setblocking(False)
+        try:
+            conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            await _auth.authenticate_client(conn, token)
+        except (AuthenticationFailed, OSError, TimeoutError) as exc:
+            self.auth_failures += 1
+            reason = "no answer in time" if isinstance(exc, TimeoutError) else _first_line(exc)
+            log.warning("refused an RPC client from %s: %s", label, reason)
+            with contextlib.suppress(OSError):
+                conn.close()
+            return
+        await self._serve_connection(conn, label)
 
     async def _serve_connection(self, conn: socket.socket, label: str) -> None:
         session = ModuleSession(label, self._count_reset, self.config.max_streams_per_module)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+import time
 from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -141,6 +142,7 @@ class ModuleSession:
     def account(self, bridge: Bridge, bytes_in: int = 0, bytes_out: int = 0) -> None:
         self.bytes_in += bytes_in
         self.bytes_out += bytes_out
+        bridge.last_active = time.monotonic()
 
     def forget(self, bridge: Bridge) -> None:
         self.bridges.pop(bridge.info.id, None)

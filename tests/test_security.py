@@ -1,0 +1,272 @@
+"""Security: who may reach the node's capabilities, and what a module's capabilities reach.
+
+* the TCP endpoint refuses every client that cannot prove the operator's token
+  (wrong token, no token, silent client, another connection's bytes replayed);
+* a unix endpoint is a 0600 socket in a 0700 directory (test_cli.py checks the default);
+* a module reaches only what it holds: another module's protocol ids, streams
+  and data channel are out of its reach.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import stat
+from pathlib import Path
+
+import pytest
+import trio
+import trio_asyncio
+
+from logos_p2p import _auth
+from logos_p2p.client import connect
+from logos_p2p.errors import AuthenticationFailed, ProtocolInUse
+
+from .conftest import eventually, node_status
+from .support import peer as p
+from .support.nodeproc import start_node
+
+PROTO = "/sec/1.0.0"
+
+
+async def _aio(fn):
+    """Run the asyncio function ``fn`` on a loop of its own; its error comes out unwrapped."""
+    try:
+        async with trio_asyncio.open_loop():
+            return await trio_asyncio.aio_as_trio(fn)()
+    except BaseExceptionGroup as group:
+        leaf: BaseException = group
+        while isinstance(leaf, BaseExceptionGroup) and len(leaf.exceptions) == 1:
+            leaf = leaf.exceptions[0]
+        raise leaf from None
+
+
+async def info_with(rpc: str, **kwargs) -> str:
+    async def ask() -> str:
+        async with connect(rpc, name="sec-probe", **kwargs) as n:
+            return (await n.info()).peer_id
+
+    return await _aio(ask)
+
+
+async def auth_failures(node) -> int:
+    return (await node_status(node.rpc))["authFailures"]
+
+
+@pytest.fixture
+def tcp_node(node_factory):
+    node = node_factory(rpc="tcp:127.0.0.1:0")
+    assert node.token_file
+    return node
+
+
+def token_of(node) -> str:
+    return Path(node.token_file).read_text()
+
+
+def modes(path: str) -> tuple[int, int, int]:
+    """(file mode, its owner, its directory's mode)"""
+    info = Path(path).stat()
+    return stat.S_IMODE(info.st_mode), info.st_uid, stat.S_IMODE(Path(path).parent.stat().st_mode)
+
+
+def _host_port(rpc: str) -> tuple[str, int]:
+    host, _, port = rpc.removeprefix("tcp:").rpartition(":")
+    return host, int(port)
+
+
+# -- the TCP endpoint -----------------------------------------------------------------------------------
+
+
+async def test_the_tcp_token_is_a_private_file_and_the_right_token_gets_in(tcp_node):
+    assert modes(tcp_node.token_file) == (0o600, os.getuid(), 0o700)
+    token = token_of(tcp_node).strip()
+    assert len(token) == 64  # 32 random bytes, hex
+    assert await info_with(tcp_node.rpc, token=token) == tcp_node.peer_id
+    assert await auth_failures(tcp_node) == 0
+
+
+async def test_wrong_and_missing_tokens_are_refused_before_any_capability(tcp_node, monkeypatch, tmp_path):
+    with pytest.raises(AuthenticationFailed, match="refused"):
+        await info_with(tcp_node.rpc, token="not-the-token-of-this-node")
+    monkeypatch.setenv("XDG_RUNTIME_DIR", str(tmp_path))  # no default token file to find
+    monkeypatch.delenv(_auth.TOKEN_ENV, raising=False)
+    with pytest.raises(AuthenticationFailed, match="needs its token"):
+        await info_with(tcp_node.rpc)
+    monkeypatch.undo()
+    assert await auth_failures(tcp_node) == 2  # the second: no answer at all, cut at once by the client
+    [line] = [ln for ln in tcp_node.log().splitlines() if "wrong token proof" in ln]
+    assert "refused an RPC client from 127.0.0.1" in line
+
+
+async def test_a_token_in_the_environment_or_a_token_file_is_found(tcp_node, monkeypatch, tmp_path):
+    monkeypatch.setenv("XDG_RUNTIME_DIR", str(tmp_path))
+    monkeypatch.setenv(_auth.TOKEN_ENV, token_of(tcp_node))
+    assert await info_with(tcp_node.rpc) == tcp_node.peer_id
+    monkeypatch.delenv(_auth.TOKEN_ENV)
+    monkeypatch.setenv(_auth.TOKEN_FILE_ENV, tcp_node.token_file)
+    assert await info_with(tcp_node.rpc) == tcp_node.peer_id
+
+
+async def _relay(listener: trio.SocketListener, target: tuple[str, int], record: bytearray, done: trio.Event):
+    """Forward one connection to ``target``, recording what the client sent."""
+    client = await listener.accept()
+    server = await trio.open_tcp_stream(*target)
+
+    async def pump(src, dst, keep: bytearray | None) -> None:
+        try:
+            while data := await src.receive_some(65536):
+                if keep is not None:
+                    keep += data
+                await dst.send_all(data)
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            pass
+        finally:
+            await dst.aclose()
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(pump, client, server, record)
+        nursery.start_soon(pump, server, client, None)
+    done.set()
+
+
+async def test_replaying_another_connections_bytes_gets_nothing(tcp_node, nursery):
+    """A recorded, successful session replayed byte for byte is refused: the node's nonce differs."""
+    host, port = _host_port(tcp_node.rpc)
+    listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
+    relay_port = listeners[0].socket.getsockname()[1]
+    record, done = bytearray(), trio.Event()
+    nursery.start_soon(_relay, listeners[0], (host, port), record, done)
+    assert await info_with(f"tcp:127.0.0.1:{relay_port}") == tcp_node.peer_id  # the genuine session
+    with trio.fail_after(5):
+        await done.wait()
+    assert len(record) > 64  # the proof and then Cap'n Proto messages
+
+    replay = await trio.open_tcp_stream(host, port)
+    await replay.send_all(bytes(record))
+    answer = bytearray()
+    with trio.fail_after(_auth.AUTH_TIMEOUT + 2):
+        try:
+            while data := await replay.receive_some(65536):
+                answer += data
+        except trio.BrokenResourceError:  # a reset: the node closed with our bytes unread
+            pass
+    await replay.aclose()
+    assert bytes(answer[: len(_auth.MAGIC)]) == _auth.MAGIC
+    assert len(answer) == _auth.HELLO_SIZE  # the hello, then the door shut: no proof, no capability
+    assert await auth_failures(tcp_node) == 1
+
+
+async def test_a_client_that_never_speaks_is_cut_and_others_are_served_meanwhile(tcp_node):
+    host, port = _host_port(tcp_node.rpc)
+    silent = [socket.create_connection((host, port)) for _ in range(20)]
+    try:
+        token = token_of(tcp_node)
+        assert await info_with(tcp_node.rpc, token=token) == tcp_node.peer_id
+        started = trio.current_time()
+        for sock in silent:
+            sock.setblocking(False)
+        with trio.fail_after(_auth.AUTH_TIMEOUT + 3):
+            for sock in silent:
+                hello = b""
+                while True:
+                    await trio.lowlevel.wait_readable(sock)
+                    try:
+                        data = sock.recv(4096)
+                    except ConnectionResetError:
+                        data = b""
+                    if not data:
+                        break
+                    hello += data
+                assert len(hello) == _auth.HELLO_SIZE
+        assert trio.current_time() - started < _auth.AUTH_TIMEOUT + 2
+    finally:
+        for sock in silent:
+            sock.close()
+
+    async def all_counted() -> bool:
+        return await auth_failures(tcp_node) == 20
+
+    await eventually(all_counted)
+
+
+def test_a_token_file_others_can_read_is_refused(tmp_path):
+    token = tmp_path / "token"
+    token.write_text("a" * 64)
+    token.chmod(0o644)
+    with pytest.raises(RuntimeError) as info:
+        start_node(tmp_path / "n", "--token-file", str(token), rpc="tcp:127.0.0.1:0")
+    assert "chmod 600" in str(info.value)
+
+
+def test_status_over_tcp_needs_the_token_file(tcp_node, monkeypatch, tmp_path):
+    from .test_cli import run_cli
+
+    monkeypatch.setenv("XDG_RUNTIME_DIR", str(tmp_path))
+    refused = run_cli("status", "--rpc", tcp_node.rpc)
+    assert refused.returncode == 1 and "needs its token" in refused.stderr
+    assert "Traceback" not in refused.stderr
+    ok = run_cli("status", "--rpc", tcp_node.rpc, "--token-file", tcp_node.token_file)
+    assert ok.returncode == 0 and f'"peerId": "{tcp_node.peer_id}"' in ok.stdout
+
+
+# -- capabilities are the authority ---------------------------------------------------------------------
+
+
+async def test_a_module_cannot_take_or_touch_another_modules_protocols_or_streams(node, peer, modules):
+    a = await modules(node, data_path="socket", name="a")
+    b = await modules(node, name="b")
+    await b.call("register_holder", "h", [PROTO])
+    with pytest.raises(ProtocolInUse):
+        await a.call("register_holder", "h", [PROTO])
+    with pytest.raises(ProtocolInUse):  # sharing needs both to share
+        await a.call("register_holder", "h", [PROTO], True)
+
+    stream = await peer.open(node.addr, [PROTO])
+    key = (await b.event("stream"))["key"]
+    victim = await b.stream(key).attr("id")
+    assert await a.call("forge_channel_reset", victim) is True  # a stream id is not authority
+
+    await stream.write(b"still mine")
+    assert await b.stream(key).read_exactly(10) == b"still mine"
+    await b.stream(key).write(b"yes")
+    assert await p.read_exactly(stream, 3) == b"yes"
+    status = await node_status(node.rpc)
+    assert status["resets"] == []
+    [mod_b] = [m for m in status["modules"] if m["name"] == "b"]
+    assert (mod_b["registrations"], mod_b["inboundStreams"]) == (1, 1)
+
+
+async def test_a_data_channel_token_works_once(node, aio):
+    """The token Node.dataChannel returns opens one channel; a second use is shut out."""
+    from logos_p2p._schema import load
+
+    rpc = load()
+
+    def channel(path: str, token: bytes) -> socket.socket:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        sock.settimeout(5)
+        sock.connect(path)
+        sock.send(rpc.ChannelMessage.new_message(hello=token).to_bytes())
+        return sock
+
+    async def scenario() -> tuple[str, bytes]:
+        async with connect(node.rpc, name="tok", data_path="push") as n:
+            offer = await n._cap.dataChannel()
+            path, token = offer.path, bytes(offer.token)
+            first = channel(path, token)
+            # prove the first channel is open: an open request with a bad protocol id is answered on it
+            ask = {"request": 7, "peerId": node.peer_id, "protocols": ["no-slash"], "addrs": [], "timeoutMs": 1000}
+            first.send(rpc.ChannelMessage.new_message(open=ask).to_bytes())
+            with rpc.ChannelMessage.from_bytes(first.recv(65536)) as answer:
+                failed = f"{answer.which()} {answer.openFailed.request} {answer.openFailed.error}"
+            second = channel(path, token)
+            try:
+                return failed, second.recv(1)
+            finally:
+                first.close()
+                second.close()
+
+    failed, second_read = await trio_asyncio.aio_as_trio(scenario)()
+    assert failed.startswith("openFailed 7 ") and "[logos-p2p:invalid-argument]" in failed
+    assert second_read == b""  # the node hung up on the replayed token

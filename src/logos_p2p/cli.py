@@ -15,6 +15,7 @@ from . import __version__
 STATUS_NAME = "logos-p2p status"
 # the client keeps up to 1 MiB of writes in flight per stream, in 256 KiB calls
 MIN_BUFFER = 1024 * 1024
+MIN_WRITE = 256 * 1024
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -60,11 +61,19 @@ def _parser() -> argparse.ArgumentParser:
         help="module writes a stream may queue in the node before they fail (LimitExceeded)",
     )
     limits.add_argument(
+        "--max-write",
+        type=_positive,
+        default=1024 * 1024,
+        metavar="BYTES",
+        help="largest Stream.write/writeLp call a module may make (LimitExceeded beyond)",
+    )
+    limits.add_argument(
         "--max-rpc-message",
         type=_positive,
         default=64 * 1024 * 1024,
         metavar="BYTES",
-        help="largest RPC message the node reads (Cap'n Proto traversal limit)",
+        help="largest RPC message the node reads (Cap'n Proto's traversal limit): "
+        "a module sending a bigger one loses its connection",
     )
     serve.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
 
@@ -115,6 +124,8 @@ def _serve(args: argparse.Namespace) -> int:
         problem = "timeouts must be positive (--idle-timeout 0 turns it off)"
     elif min(args.max_stream_buffer, args.max_rpc_message) < MIN_BUFFER:
         problem = f"--max-stream-buffer and --max-rpc-message must be at least {MIN_BUFFER} bytes"
+    elif not MIN_WRITE <= args.max_write <= min(args.max_stream_buffer, args.max_rpc_message // 2):
+        problem = f"--max-write must be in {MIN_WRITE}..min(--max-stream-buffer, --max-rpc-message / 2)"
     if problem:
         print(f"logos-p2p serve: {problem}", file=sys.stderr)
         return 2
@@ -127,7 +138,7 @@ def _serve(args: argparse.Namespace) -> int:
         max_streams_per_module=args.max_streams_per_module,
         max_registrations_per_module=args.max_registrations_per_module,
         rpc_traversal_limit_words=args.max_rpc_message // 8,
-        limits=Limits(idle_timeout=args.idle_timeout, tx_hard_limit=args.max_stream_buffer),
+        limits=Limits(idle_timeout=args.idle_timeout, tx_hard_limit=args.max_stream_buffer, max_write=args.max_write),
     )
     if args.listen:
         config.listen = args.listen

@@ -355,3 +355,29 @@ async def forge_channel_reset(ctx: Any, stream_id: int) -> bool:
     # a round trip on the same channel: the node handled the forged reset before this answers
     await ctx.node.status()
     return True
+
+
+async def register_many(ctx: Any, prefix: str, n: int) -> dict[str, int]:
+    """Register ``prefix/<i>`` one by one; count what each attempt gave."""
+    from logos_p2p.errors import LogosP2PError
+
+    async def handler(stream: Stream) -> None:
+        await stream.close()
+
+    counts: dict[str, int] = {}
+    for i in range(n):
+        try:
+            ctx.registrations[f"{prefix}/{i}"] = await ctx.node.register([f"{prefix}/{i}"], handler)
+            outcome = "ok"
+        except LogosP2PError as exc:
+            outcome = type(exc).__name__
+        counts[outcome] = counts.get(outcome, 0) + 1
+    return counts
+
+
+async def unregister_all(ctx: Any) -> int:
+    regs = list(ctx.registrations.values())
+    ctx.registrations.clear()
+    for reg in regs:
+        await reg.unregister()
+    return len(regs)

@@ -76,6 +76,7 @@ class Limits:
     max_push: int = 256 * 1024  # bytes in one push
     read_chunk: int = 256 * 1024  # bytes asked of libp2p at a time
     max_read: int = 1024 * 1024  # largest answer to a pull read
+    max_write: int = 1024 * 1024  # largest write/writeLp call (the client library sends 256 KiB)
     max_frame: int = 16 * 1024 * 1024  # largest readLp frame
     write_batch: int = 256 * 1024  # queued writes coalesced into one libp2p write
     close_linger: float = 10.0  # after close(): wait for the peer's half-close
@@ -485,6 +486,8 @@ class Bridge:
 
     def _enqueue(self, data: bytes) -> None:
         self.state.check_write()
+        if len(data) > self.limits.max_write:
+            raise LimitExceeded(f"a write of {len(data)} bytes is over the node's {self.limits.max_write}; split it")
         if self.tx_bytes + len(data) > self.limits.tx_hard_limit:
             raise LimitExceeded(
                 f"more than {self.limits.tx_hard_limit} bytes queued; keep a window of writes in flight"

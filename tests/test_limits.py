@@ -182,13 +182,17 @@ def typed(exc: BaseException) -> type:
     return type(exc)
 
 
+WRITES = 120
+
+
 async def test_writes_beyond_the_stream_buffer_fail_with_limit_exceeded(node_factory, peer):
     node = node_factory("--max-stream-buffer", str(MiB))
 
     async def flood(stream: Any) -> list[type]:
         import asyncio
 
-        calls = [asyncio.ensure_future(stream.write(data=b"x" * (256 * 1024))) for _ in range(40)]  # 10 MiB
+        block = b"x" * (256 * 1024)
+        calls = [asyncio.ensure_future(stream.write(data=block)) for _ in range(WRITES)]  # 30 MiB
         with pytest.raises(capnp.KjException) as last:  # the node queues in order: the last one is over
             await asyncio.wait_for(calls[-1], 10)
         assert typed(last.value) is LimitExceeded
@@ -199,7 +203,7 @@ async def test_writes_beyond_the_stream_buffer_fail_with_limit_exceeded(node_fac
     outcomes = await raw_outbound(node, peer, flood)
     # writes fit while what the peer's side absorbs plus the node's 1 MiB has room; the rest fail
     refused = outcomes.count(LimitExceeded)
-    assert 4 <= 40 - refused < 40, outcomes
+    assert 4 <= WRITES - refused < WRITES - 40, outcomes
     assert set(outcomes) <= {type(None), StreamReset, LimitExceeded}
     status = await node_status(node.rpc)
     assert status["streams"] == 0 and all(m["bufferedBytes"] == 0 for m in status["modules"])

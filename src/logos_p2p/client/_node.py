@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import socket
 import weakref
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
@@ -48,9 +49,27 @@ class PeerInfo:
 def _timeout_ms(timeout: float | None) -> int:
     if timeout is None:
         return 0
-    if timeout <= 0:
-        raise InvalidArgument("timeout must be positive")
-    return max(1, round(timeout * 1000))
+    if not isinstance(timeout, (int, float)) or not math.isfinite(timeout) or timeout <= 0:
+        raise InvalidArgument(f"a timeout must be a positive number of seconds, not {timeout!r}")
+    ms = max(1, round(timeout * 1000))
+    if ms > 0xFFFFFFFF:
+        raise InvalidArgument(f"a timeout of {timeout:g} s is too long")
+    return ms
+
+
+def _texts(values: Sequence[str] | None, what: str) -> list[str]:
+    """A list of strings that can travel as Cap'n Proto Text (UTF-8), or InvalidArgument."""
+    if isinstance(values, (str, bytes)):
+        raise InvalidArgument(f"{what} must be a list, not a single {type(values).__name__}")
+    out = list(values or ())
+    for value in out:
+        if not isinstance(value, str):
+            raise InvalidArgument(f"{what} must be strings, not {type(value).__name__}")
+        try:
+            value.encode()
+        except UnicodeEncodeError:
+            raise InvalidArgument(f"{what} must be valid UTF-8: {value!r}") from None
+    return out
 
 
 OPEN_ANSWER_GRACE = 5.0  # beyond an open's own timeout, how long the node may take to answer
@@ -144,6 +163,7 @@ class Node:
         disconnect.add_done_callback(lambda _f: self._on_disconnect())
         self._watchers = [wait_shutdown, disconnect]
         if name:
+            _texts([name], "name")
             with translate():
                 await self._cap.setModuleName(moduleName=name)
         if channel != "no":
@@ -187,12 +207,14 @@ class Node:
     async def connect_peer(self, addr: str, timeout: float | None = None) -> PeerInfo:
         """Connect to a peer at ``addr`` (a multiaddr ending in ``/p2p/<peer id>``)."""
         self._check_open()
+        _texts([addr], "addr")
         with translate(self._is_shutting_down):
             peer = (await self._cap.connectPeer(addr=addr, timeoutMs=_timeout_ms(timeout))).peer
         return PeerInfo(peer.peerId, list(peer.addrs))
 
     async def disconnect_peer(self, peer_id: str) -> None:
         self._check_open()
+        _texts([peer_id], "peer_id")
         with translate(self._is_shutting_down):
             await self._cap.disconnectPeer(peerId=peer_id)
 
@@ -233,9 +255,7 @@ class Node:
         the duration of a block.
         """
         self._check_open()
-        if isinstance(protocols, str):
-            raise InvalidArgument("protocols must be a list of protocol ids, not a string")
-        protos = tuple(protocols)
+        protos = tuple(_texts(protocols, "protocols"))
         channel = self._channel
         options = {"share": share, "acceptTimeoutMs": _timeout_ms(accept_timeout), "channel": channel is not None}
         with translate(self._is_shutting_down):
@@ -281,8 +301,9 @@ class Node:
         :raises Timeout: not done within ``timeout`` seconds.
         """
         self._check_open()
-        if isinstance(protocols, str):
-            raise InvalidArgument("protocols must be a list of protocol ids, not a string")
+        protocols = _texts(protocols, "protocols")
+        addrs = _texts(addrs, "addrs")
+        [peer_id] = _texts([peer_id], "peer_id")
         if self._channel is not None:
             return await self._open_on_channel(self._channel, peer_id, protocols, addrs, timeout)
         core = _Core(0)

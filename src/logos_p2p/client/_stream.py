@@ -49,6 +49,12 @@ rpc = _schema.load()
 DEFAULT_MAX_LP = 1024 * 1024
 
 
+def _bytes_view(data: Any) -> memoryview:
+    if isinstance(data, str) or not isinstance(data, (bytes, bytearray, memoryview)):
+        raise InvalidArgument(f"write takes bytes, bytearray or memoryview, not {type(data).__name__}")
+    return memoryview(data).cast("B")
+
+
 class Tuning:
     """Client-side bounds (per stream)."""
 
@@ -467,17 +473,24 @@ class Stream:
 
         If cancelled, a prefix of ``data`` may have been sent: reset the stream.
         """
+        view = _bytes_view(data)
         with self._exclusive_write():
-            await self._t.write(memoryview(data).cast("B"))
+            await self._t.write(view)
 
     async def write_lp(self, data: bytes | bytearray | memoryview) -> None:
         """Send one unsigned-varint length-prefixed frame (as nim-libp2p's ``writeLp``)."""
-        frame = _wire.encode_uvarint(len(data)) + bytes(data)
+        view = _bytes_view(data)
+        frame = _wire.encode_uvarint(len(view)) + bytes(view)
         await self.write(frame)
 
     async def close_write(self) -> None:
-        """Half-close: flush writes, then the peer reads end of stream. Reading goes on."""
+        """Half-close: flush writes, then the peer reads end of stream. Reading goes on.
+
+        A second call does nothing (as trio's ``send_eof``).
+        """
         with self._exclusive_write():
+            if self._core.state.state in (State.SEND_CLOSED, State.DONE):
+                return
             await self._t.flush()
             self._core.state.handle(Event.SEND_EOF)
             self._core.wake()

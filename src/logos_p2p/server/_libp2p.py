@@ -302,10 +302,15 @@ def remote_addr(net_stream: INetStream) -> str:
 
 
 def peer_id_of(text: str) -> ID:
+    """A peer id: base58 of a multihash (identity or sha2-256), as libp2p makes them."""
     try:
-        return ID.from_base58(text)
+        peer = ID.from_base58(text)
     except Exception as exc:
         raise InvalidArgument(f"not a peer id: {text!r}") from exc
+    raw = peer.to_bytes()
+    if len(raw) < 3 or raw[0] not in (0x00, 0x12) or raw[1] != len(raw) - 2:
+        raise InvalidArgument(f"not a peer id (not a multihash): {text!r}")
+    return peer
 
 
 def parse_peer_addr(text: str) -> PeerInfo:

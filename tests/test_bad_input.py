@@ -1,0 +1,341 @@
+"""Bad input: every entry of the corpus gets a clear, typed error and the node keeps serving.
+
+The corpus is data (:data:`CORPUS`): what a module calls, on what, and the error
+type it must get. It runs on every data path. The byte-level cases (garbage and
+truncated messages on the RPC socket, the data channel, the TCP endpoint) are
+generated with hypothesis.
+"""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+import pytest
+import trio
+import trio_asyncio
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from logos_p2p import _auth, _schema, _wire
+from logos_p2p.client import connect
+from logos_p2p.errors import (
+    FrameTooLarge,
+    InvalidArgument,
+    LogosP2PError,
+    ProtocolInUse,
+    StreamClosed,
+    StreamReset,
+)
+
+from .conftest import eventually, node_status
+from .support import peer as p
+from .test_lifecycle import nothing_left
+
+ECHO = "/echo/1.0.0"
+OWNED = "/owned/1.0.0"
+HOUR = 3600.0
+
+
+async def _noop(stream: Any) -> None:
+    await stream.close()
+
+
+@dataclass(frozen=True)
+class Case:
+    name: str
+    on: str  # "node", or the stream's state: "open", "closed", "write-closed", "reset", "remote-reset"
+    call: Callable[[Any, Any], Awaitable[Any]]  # (client Node or Stream, context) -> awaitable
+    error: type[LogosP2PError] | None  # None: the call succeeds and changes nothing
+
+
+def _node(name: str, call: Callable[[Any, Any], Awaitable[Any]], error: type[LogosP2PError]) -> Case:
+    return Case(name, "node", call, error)
+
+
+def _register(*protocols: Any, **kw: Any) -> Callable[[Any, Any], Awaitable[Any]]:
+    return lambda n, ctx: n.register(list(protocols), _noop, **kw)
+
+
+def _open(peer_id: Any = None, protocols: Any = (ECHO,), addrs: Any = None, **kw: Any) -> Callable[..., Any]:
+    def call(n: Any, ctx: Any) -> Awaitable[Any]:
+        return n.open_stream(
+            ctx.peer_id if peer_id is None else peer_id,
+            list(protocols) if isinstance(protocols, tuple) else protocols,
+            addrs=[ctx.peer_addr] if addrs is None else addrs,
+            **kw,
+        )
+
+    return call
+
+
+CORPUS: list[Case] = [
+    # protocol ids
+    _node("register no protocol id", _register(), InvalidArgument),
+    _node("register an empty protocol id", _register(""), InvalidArgument),
+    _node("register an id without a leading /", _register("echo/1.0.0"), InvalidArgument),
+    _node("register an over-long id", _register("/" + "a" * 600), InvalidArgument),
+    _node("register an id with a newline", _register("/a\n/b"), InvalidArgument),
+    _node("register an id with a NUL", _register("/a\x00b"), InvalidArgument),
+    _node("register an id that is not UTF-8", _register("/\udcff"), InvalidArgument),
+    _node("register an id that is bytes", _register(b"/bytes"), InvalidArgument),
+    _node("register 65 ids at once", _register(*(f"/p/{i}" for i in range(65))), InvalidArgument),
+    _node("register a string, not a list", lambda n, ctx: n.register("/s/1", _noop), InvalidArgument),
+    _node("register another module's id", _register(OWNED), ProtocolInUse),
+    _node("register another module's id, sharing", _register(OWNED, share=True), ProtocolInUse),
+    _node("register with a negative accept timeout", _register("/t/1", accept_timeout=-1), InvalidArgument),
+    _node("register with a NaN accept timeout", _register("/t/1", accept_timeout=float("nan")), InvalidArgument),
+    _node("register with a 30-day accept timeout", _register("/t/1", accept_timeout=30 * 24 * HOUR), InvalidArgument),
+    # opening streams
+    _node("open to an empty peer id", _open(peer_id=""), InvalidArgument),
+    _node("open to a peer id that is garbage", _open(peer_id="QmNotAPeer"), InvalidArgument),
+    _node("open to a peer id that is not UTF-8", _open(peer_id="\udcff"), InvalidArgument),
+    _node("open with no protocol id", _open(protocols=[]), InvalidArgument),
+    _node("open with a bad protocol id", _open(protocols=["nope"]), InvalidArgument),
+    _node("open with a string of protocols", _open(protocols="/echo/1.0.0"), InvalidArgument),
+    _node("open with a garbage address", _open(addrs=["not-a-multiaddr"]), InvalidArgument),
+    _node("open with 65 addresses", _open(addrs=["/ip4/127.0.0.1/tcp/1"] * 65), InvalidArgument),
+    _node("open with a negative timeout", _open(timeout=-1), InvalidArgument),
+    _node("open with an infinite timeout", _open(timeout=float("inf")), InvalidArgument),
+    _node("open with a 100-year timeout", _open(timeout=100 * 365 * 24 * HOUR), InvalidArgument),
+    _node("open to the node itself", lambda n, ctx: n.open_stream(ctx.node_id, [ECHO]), InvalidArgument),
+    # peers
+    _node("connect to garbage", lambda n, ctx: n.connect_peer("garbage"), InvalidArgument),
+    _node("connect without /p2p/", lambda n, ctx: n.connect_peer("/ip4/127.0.0.1/tcp/1"), InvalidArgument),
+    _node("connect with a zero timeout", lambda n, ctx: n.connect_peer(ctx.peer_full, timeout=0), InvalidArgument),
+    _node("disconnect garbage", lambda n, ctx: n.disconnect_peer("garbage"), InvalidArgument),
+    # stream operations: sizes
+    Case("read 0 bytes", "open", lambda s, ctx: s.read(0), InvalidArgument),
+    Case("read a negative size", "open", lambda s, ctx: s.read(-5), InvalidArgument),
+    Case("read_exactly a negative size", "open", lambda s, ctx: s.read_exactly(-1), InvalidArgument),
+    Case("read_lp a negative max size", "open", lambda s, ctx: s.read_lp(-1), InvalidArgument),
+    Case("write a str", "open", lambda s, ctx: s.write("text"), InvalidArgument),
+    Case("write None", "open", lambda s, ctx: s.write(None), InvalidArgument),
+    Case("write_lp an int", "open", lambda s, ctx: s.write_lp(5), InvalidArgument),
+    Case("read_lp a frame over max_size", "open", lambda s, ctx: _frame_over(s, 2**21, 1024), FrameTooLarge),
+    Case("read_lp a frame length over 2^63", "open", lambda s, ctx: _frame_over(s, 2**64 + 5, 1024), FrameTooLarge),
+    # stream operations: wrong state
+    Case("write after close", "closed", lambda s, ctx: s.write(b"x"), StreamClosed),
+    Case("write_lp after close", "closed", lambda s, ctx: s.write_lp(b"x"), StreamClosed),
+    Case("read after close", "closed", lambda s, ctx: s.read(), StreamClosed),
+    Case("close_write after close", "closed", lambda s, ctx: s.close_write(), StreamClosed),
+    Case("write after close_write", "write-closed", lambda s, ctx: s.write(b"x"), StreamClosed),
+    Case("close_write twice (a no-op, as trio's send_eof)", "write-closed", lambda s, ctx: s.close_write(), None),
+    Case("write after our reset", "reset", lambda s, ctx: s.write(b"x"), StreamReset),
+    Case("read after our reset", "reset", lambda s, ctx: s.read(), StreamReset),
+    Case("close after our reset", "reset", lambda s, ctx: s.close(), StreamReset),
+    Case("write after the peer's reset", "remote-reset", lambda s, ctx: s.write(b"x"), StreamReset),
+    Case("read after the peer's reset", "remote-reset", lambda s, ctx: s.read(), StreamReset),
+    Case("read_lp after the peer's reset", "remote-reset", lambda s, ctx: s.read_lp(), StreamReset),
+]
+
+
+async def _frame_over(stream: Any, length: int, max_size: int) -> Any:
+    head = _wire.encode_uvarint(length) if length < 2**64 else b"\xff" * 10 + b"\x01"
+    await stream.write(head)  # the echo peer sends the frame header back
+    return await stream.read_lp(max_size)
+
+
+@dataclass
+class Context:
+    peer_id: str
+    peer_addr: str
+    peer_full: str
+    node_id: str
+
+
+@pytest.mark.parametrize("data_path", ["socket", "push", "pull"])
+async def test_every_bad_input_gets_its_typed_error_and_the_node_keeps_serving(node, peer, modules, data_path):
+    owner = await modules(node, name="owner")
+    await owner.call("register_holder", "h", [OWNED])
+    peer.serve_echo(ECHO)
+    resets = peer.serve("/reset/1.0.0")
+    ctx = Context(peer.peer_id, peer.addr, f"{peer.addr}/p2p/{peer.peer_id}", node.peer_id)
+    wrong: list[str] = []
+
+    client = connect(node.rpc, name="corpus", data_path=data_path)
+    async with trio_asyncio.open_loop(), trio_asyncio.aio_as_trio(client) as n:
+
+        def aio(fn: Callable[[], Awaitable[Any]]) -> Awaitable[Any]:
+            return trio_asyncio.aio_as_trio(fn)()
+
+        async def stream_in(state: str) -> Any:
+            if state == "remote-reset":
+                s = await aio(lambda: n.open_stream(peer.peer_id, ["/reset/1.0.0"], addrs=[peer.addr]))
+                with trio.fail_after(5):
+                    remote = await resets.receive()
+                await remote.reset()
+                with pytest.raises(StreamReset):  # the reset has arrived
+                    await aio(lambda: s.read())
+                return s
+            s = await aio(lambda: n.open_stream(peer.peer_id, [ECHO], addrs=[peer.addr]))
+            action = {"closed": s.close, "write-closed": s.close_write, "reset": s.reset}.get(state)
+            if action is not None:
+                await aio(action)
+            return s
+
+        for case in CORPUS:
+            target = n if case.on == "node" else await stream_in(case.on)
+            try:
+                with trio.fail_after(10):
+                    await aio(lambda c=case, t=target: c.call(t, ctx))
+            except Exception as exc:
+                got = exc
+            else:
+                got = None
+            expected = type(None) if case.error is None else case.error
+            if not isinstance(got, expected):
+                wrong.append(f"{case.name}: expected {expected.__name__}, got {got!r}")
+            if case.on != "node":
+                await aio(target.reset)
+
+        # and the node still serves this very connection
+        s = await aio(lambda: n.open_stream(peer.peer_id, [ECHO], addrs=[peer.addr]))
+        await aio(lambda: s.write(b"still here"))
+        await aio(s.close_write)
+        assert await aio(s.read_all) == b"still here"
+        await aio(s.close)
+
+    assert wrong == [], "\n".join(wrong)
+    assert len(CORPUS) >= 50
+    await nothing_left(node, modules_expected=1, registrations=1)
+
+
+async def test_a_name_that_is_too_long_or_not_utf8_is_refused(node):
+    async def attempt(name: str) -> type:
+        try:
+            async with connect(node.rpc, name=name):
+                return type(None)
+        except LogosP2PError as exc:
+            return type(exc)
+
+    async with trio_asyncio.open_loop():
+        for name in ("x" * 300, "\udcff", "tab\tname"):
+            assert await trio_asyncio.aio_as_trio(attempt)(name) is InvalidArgument, name
+
+
+# -- bytes on the sockets ----------------------------------------------------------------------------
+
+
+def _unix_path(node) -> str:
+    return node.rpc.removeprefix("unix:")
+
+
+def _send_and_close(family: int, kind: int, address: Any, data: bytes) -> bytes:
+    """Send ``data``, half-close, and return what came back before the node closed
+    (or reset: then what was read before the reset; a timeout returns b"?")."""
+    got = b""
+    with socket.socket(family, kind) as sock:
+        sock.settimeout(5)
+        sock.connect(address)
+        try:
+            if kind == socket.SOCK_SEQPACKET:
+                sock.send(data or b"\x00")
+            else:
+                sock.sendall(data)
+                sock.shutdown(socket.SHUT_WR)
+            while chunk := sock.recv(65536):
+                got += chunk
+        except (ConnectionResetError, BrokenPipeError):
+            pass
+        except TimeoutError:
+            return b"?"
+        return got
+
+
+def _assert_serving(node) -> None:
+    async def info() -> str:
+        async with connect(node.rpc, name="after-garbage") as n:
+            return (await n.info()).peer_id
+
+    async def run() -> str:
+        async with trio_asyncio.open_loop():
+            return await trio_asyncio.aio_as_trio(info)()
+
+    assert trio.run(run) == node.peer_id
+    assert node.proc.poll() is None
+
+
+FRAMED = st.binary(max_size=64).map(
+    lambda tail: (0).to_bytes(4, "little") + (len(tail) // 8 + 1).to_bytes(4, "little") + tail
+)
+
+
+def test_garbage_and_truncated_bytes_on_the_rpc_socket(node):
+    """Random bytes, and Cap'n Proto framing with random contents, cut anywhere."""
+    seen = []
+
+    @settings(max_examples=150, deadline=None, suppress_health_check=list(HealthCheck), database=None)
+    @given(st.one_of(st.binary(max_size=512), FRAMED, FRAMED.map(lambda b: b[: len(b) // 2])))
+    def garbage(data: bytes) -> None:
+        seen.append(len(data))
+        assert _send_and_close(socket.AF_UNIX, socket.SOCK_STREAM, _unix_path(node), data) != b"?"  # never hangs
+
+    garbage()
+    assert len(seen) >= 100
+    _assert_serving(node)
+    trio.run(lambda: nothing_left(node))
+
+
+def test_garbage_on_the_data_channel_socket(node):
+    seen = []
+
+    @settings(max_examples=100, deadline=None, suppress_health_check=list(HealthCheck), database=None)
+    @given(st.one_of(st.binary(min_size=1, max_size=300), st.binary(min_size=32, max_size=32).map(_hello)))
+    def garbage(data: bytes) -> None:
+        seen.append(len(data))
+        answer = _send_and_close(socket.AF_UNIX, socket.SOCK_SEQPACKET, _unix_path(node) + ".data", data)
+        assert answer == b"", answer  # a made-up token: the node hangs up, sends nothing
+
+    garbage()
+    assert len(seen) >= 80
+    _assert_serving(node)
+
+
+def _hello(token: bytes) -> bytes:
+    return _schema.load().ChannelMessage.new_message(hello=token).to_bytes()
+
+
+def test_garbage_on_the_tcp_endpoint_never_reaches_a_capability(node_factory):
+    tcp = node_factory(rpc="tcp:127.0.0.1:0")
+    host, _, port = tcp.rpc.removeprefix("tcp:").rpartition(":")
+    seen = []
+
+    @settings(max_examples=60, deadline=None, suppress_health_check=list(HealthCheck), database=None)
+    @given(st.binary(min_size=64, max_size=400))
+    def garbage(data: bytes) -> None:
+        seen.append(len(data))
+        answer = _send_and_close(socket.AF_INET, socket.SOCK_STREAM, (host, int(port)), data)
+        # the hello at most (a reset may cut it): never a Cap'n Proto answer
+        assert _auth.MAGIC.startswith(answer[: len(_auth.MAGIC)]) and len(answer) <= _auth.HELLO_SIZE, answer
+
+    garbage()
+
+    async def refused_all() -> bool:
+        return (await node_status(tcp.rpc))["authFailures"] == len(seen)
+
+    trio.run(lambda: eventually(refused_all))
+
+
+async def test_clients_that_connect_and_never_speak_cost_nothing_once_gone(node, peer, modules):
+    silent = [socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) for _ in range(50)]
+    try:
+        for sock in silent:
+            sock.connect(_unix_path(node))
+        module = await modules(node)  # meanwhile, a real module is served
+        await module.call("register_echo", "e", [ECHO])
+        stream = await peer.open(node.addr, [ECHO])
+        await stream.write(b"served")
+        await stream.close_write()
+        assert await p.read_all(stream) == b"served"
+
+        async def all_there() -> bool:
+            return len((await node_status(node.rpc))["modules"]) == 51
+
+        await eventually(all_there)
+    finally:
+        for sock in silent:
+            sock.close()
+    await nothing_left(node, modules_expected=1, registrations=1)

@@ -381,3 +381,10 @@ async def unregister_all(ctx: Any) -> int:
     for reg in regs:
         await reg.unregister()
     return len(regs)
+
+
+async def corpus(ctx: Any, context: dict[str, str]) -> list[str]:
+    """The bad-input corpus (tests/test_bad_input.py), run by this module."""
+    from tests.test_bad_input import Context, run_corpus
+
+    return await run_corpus(ctx.node, Context(**context))

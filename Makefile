@@ -8,7 +8,7 @@ STAMP  := $(VENV)/.installed
 ARGS   ?=
 CODE   := $(wildcard src tests examples bench)
 
-.PHONY: run test demo lint fmt bench clean lock system-deps peers
+.PHONY: run test demo lint fmt bench soak clean lock system-deps peers
 
 # Debian packages the tests drive (installed when missing, if we may)
 SYSTEM_DEPS := tmux
@@ -52,6 +52,10 @@ lint: $(STAMP)
 fmt: $(STAMP)
 	$(BIN)/ruff check --fix $(CODE)
 	$(BIN)/ruff format $(CODE)
+
+## soak: 10,000 streams, ~10% faults, across module processes (SOAK_STREAMS=N to change)
+soak: $(STAMP)
+	SOAK_STREAMS=$${SOAK_STREAMS:-10000} $(BIN)/python -m pytest tests/test_soak.py -q -s -p no:cacheprovider
 
 ## bench: module-handled echo vs an in-process handler vs p2pd (ARGS=--quick: under a minute)
 bench: $(STAMP) peers

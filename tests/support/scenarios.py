@@ -388,3 +388,21 @@ async def corpus(ctx: Any, context: dict[str, str]) -> list[str]:
     from tests.test_bad_input import Context, run_corpus
 
     return await run_corpus(ctx.node, Context(**context))
+
+
+async def register_soak(ctx: Any, key: str, protocols: list[str]) -> list[str]:
+    """The soak's module: the first byte says what to do with the stream --
+    ``E`` echo the rest and close, ``R`` echo a little then reset."""
+
+    async def handler(stream: Stream) -> None:
+        command = await stream.read_exactly(1)
+        if command == b"R":
+            await stream.write(await stream.read(100))
+            await stream.reset()
+            return
+        async for chunk in stream:
+            await stream.write(chunk)
+
+    reg = await ctx.node.register(protocols, handler, share=True)
+    ctx.registrations[key] = reg
+    return list(reg.protocols)

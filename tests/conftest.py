@@ -98,6 +98,21 @@ async def aio() -> AsyncIterator[Any]:
         yield loop
 
 
+async def run_aio(fn: Callable[[], Awaitable[Any]]) -> Any:
+    """From a trio test: run the asyncio function ``fn`` on a loop of its own.
+
+    Its error comes out as itself, not inside trio-asyncio's exception groups.
+    """
+    try:
+        async with trio_asyncio.open_loop():
+            return await trio_asyncio.aio_as_trio(fn)()
+    except BaseExceptionGroup as group:
+        leaf: BaseException = group
+        while isinstance(leaf, BaseExceptionGroup) and len(leaf.exceptions) == 1:
+            leaf = leaf.exceptions[0]
+        raise leaf from None
+
+
 async def node_status(rpc: str) -> dict[str, Any]:
     """The node's status, asked over a fresh connection named "probe" (left out of modules)."""
 
@@ -105,8 +120,7 @@ async def node_status(rpc: str) -> dict[str, Any]:
         async with connect(rpc, name="probe") as n:
             return await n.status()
 
-    async with trio_asyncio.open_loop():
-        status = await trio_asyncio.aio_as_trio(ask)()
+    status = await run_aio(ask)
     status["modules"] = [m for m in status["modules"] if m["name"] != "probe"]
     return status
 

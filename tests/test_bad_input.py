@@ -11,11 +11,11 @@ from __future__ import annotations
 import socket
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 import pytest
 import trio
-import trio_asyncio
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -30,7 +30,7 @@ from logos_p2p.errors import (
     StreamReset,
 )
 
-from .conftest import eventually, node_status
+from .conftest import eventually, node_status, run_aio
 from .support import peer as p
 from .test_lifecycle import nothing_left
 
@@ -231,9 +231,8 @@ async def test_a_name_that_is_too_long_or_not_utf8_is_refused(node):
         except LogosP2PError as exc:
             return type(exc)
 
-    async with trio_asyncio.open_loop():
-        for name in ("x" * 300, "\udcff", "tab\tname"):
-            assert await trio_asyncio.aio_as_trio(attempt)(name) is InvalidArgument, name
+    for name in ("x" * 300, "\udcff", "tab\tname"):
+        assert await run_aio(partial(attempt, name)) is InvalidArgument, name
 
 
 # -- bytes on the sockets ----------------------------------------------------------------------------
@@ -270,11 +269,7 @@ def _assert_serving(node) -> None:
         async with connect(node.rpc, name="after-garbage") as n:
             return (await n.info()).peer_id
 
-    async def run() -> str:
-        async with trio_asyncio.open_loop():
-            return await trio_asyncio.aio_as_trio(info)()
-
-    assert trio.run(run) == node.peer_id
+    assert trio.run(run_aio, info) == node.peer_id
     assert node.proc.poll() is None
 
 

@@ -8,14 +8,13 @@ from typing import Any
 import capnp
 import pytest
 import trio
-import trio_asyncio
 
 from logos_p2p import _schema, _wire
 from logos_p2p._kj import kj_loop
 from logos_p2p.client._translate import to_error
 from logos_p2p.errors import Cause, LimitExceeded, NodeDisconnected, StreamReset, StreamTimeout
 
-from .conftest import eventually, node_status
+from .conftest import eventually, node_status, run_aio
 from .support import peer as p
 from .test_lifecycle import held_inbound, negotiation_failed, nothing_left
 
@@ -171,8 +170,7 @@ async def raw_outbound(node, peer, fn) -> Any:
             finally:
                 client.close()
 
-    async with trio_asyncio.open_loop():
-        return await trio_asyncio.aio_as_trio(scenario)()
+    return await run_aio(scenario)
 
 
 def typed(exc: BaseException) -> type:

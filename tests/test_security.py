@@ -16,29 +16,16 @@ from pathlib import Path
 
 import pytest
 import trio
-import trio_asyncio
 
 from logos_p2p import _auth
 from logos_p2p.client import connect
 from logos_p2p.errors import AuthenticationFailed, ProtocolInUse
 
-from .conftest import eventually, node_status
+from .conftest import eventually, node_status, run_aio
 from .support import peer as p
 from .support.nodeproc import start_node
 
 PROTO = "/sec/1.0.0"
-
-
-async def _aio(fn):
-    """Run the asyncio function ``fn`` on a loop of its own; its error comes out unwrapped."""
-    try:
-        async with trio_asyncio.open_loop():
-            return await trio_asyncio.aio_as_trio(fn)()
-    except BaseExceptionGroup as group:
-        leaf: BaseException = group
-        while isinstance(leaf, BaseExceptionGroup) and len(leaf.exceptions) == 1:
-            leaf = leaf.exceptions[0]
-        raise leaf from None
 
 
 async def info_with(rpc: str, **kwargs) -> str:
@@ -46,7 +33,7 @@ async def info_with(rpc: str, **kwargs) -> str:
         async with connect(rpc, name="sec-probe", **kwargs) as n:
             return (await n.info()).peer_id
 
-    return await _aio(ask)
+    return await run_aio(ask)
 
 
 async def auth_failures(node) -> int:
@@ -237,7 +224,7 @@ async def test_a_module_cannot_take_or_touch_another_modules_protocols_or_stream
     assert (mod_b["registrations"], mod_b["inboundStreams"]) == (1, 1)
 
 
-async def test_a_data_channel_token_works_once(node, aio):
+async def test_a_data_channel_token_works_once(node):
     """The token Node.dataChannel returns opens one channel; a second use is shut out."""
     from logos_p2p._schema import load
 
@@ -267,6 +254,6 @@ async def test_a_data_channel_token_works_once(node, aio):
                 first.close()
                 second.close()
 
-    failed, second_read = await trio_asyncio.aio_as_trio(scenario)()
+    failed, second_read = await run_aio(scenario)
     assert failed.startswith("openFailed 7 ") and "[logos-p2p:invalid-argument]" in failed
     assert second_read == b""  # the node hung up on the replayed token

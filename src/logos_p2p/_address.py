@@ -34,6 +34,12 @@ def default_socket_dir() -> Path:
     return Path("/tmp") / f"logos-p2p-{os.getuid()}"
 
 
+def owner_only(path: Path) -> bool:
+    """``path`` belongs to this user and no one else may read, write or enter it."""
+    info = path.stat()
+    return info.st_uid == os.getuid() and not info.st_mode & 0o077
+
+
 def default_address() -> Address:
     env = os.environ.get(ENV_VAR)
     if env:

@@ -30,9 +30,9 @@ import hmac
 import os
 import secrets
 import socket
-import stat
 from pathlib import Path
 
+from ._address import default_socket_dir, owner_only
 from .errors import AuthenticationFailed, InvalidArgument
 
 MAGIC = b"LP2PAUTH"
@@ -117,8 +117,6 @@ async def authenticate_to_node(sock: socket.socket, token: bytes | None, timeout
 
 
 def default_token_file() -> Path:
-    from ._address import default_socket_dir
-
     return default_socket_dir() / TOKEN_FILE_NAME
 
 
@@ -134,8 +132,7 @@ def node_token(path: Path) -> bytes:
     else:
         with os.fdopen(fd, "w") as out:
             out.write(secrets.token_hex(32) + "\n")
-    info = path.stat()
-    if stat.S_IMODE(info.st_mode) & 0o077 or info.st_uid != os.getuid():
+    if not owner_only(path):
         raise PermissionError(f"{path} must be owned by uid {os.getuid()} and readable by it alone (chmod 600)")
     return _token_bytes(path.read_text())
 

@@ -516,8 +516,7 @@ def _bind_unix(path: Path, kind: int = socket.SOCK_STREAM) -> socket.socket:
     parent = path.parent
     if not parent.exists():
         parent.mkdir(mode=0o700, parents=True)
-    info = parent.stat()
-    if parent == _address.default_socket_dir() and (info.st_uid != os.getuid() or stat.S_IMODE(info.st_mode) & 0o077):
+    if parent == _address.default_socket_dir() and not _address.owner_only(parent):
         raise PermissionError(f"{parent} must be owned by uid {os.getuid()} with mode 0700")
     if path.exists() or path.is_symlink():
         if not stat.S_ISSOCK(path.lstat().st_mode):

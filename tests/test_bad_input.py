@@ -195,14 +195,7 @@ async def run_corpus(node: Any, ctx: Context) -> list[str]:
     return wrong
 
 
-PUSH_HANG = pytest.mark.xfail(
-    strict=False,
-    reason="open bug: in about 1 run in 4 of this file, a refused openStream that carries a sink "
-    "('open to the node itself') is never answered and the module's RPC connection stops answering",
-)
-
-
-@pytest.mark.parametrize("data_path", ["socket", pytest.param("push", marks=PUSH_HANG), "pull"])
+@pytest.mark.parametrize("data_path", ["socket", "push", "pull"])
 async def test_every_bad_input_gets_its_typed_error_and_the_node_keeps_serving(node, peer, modules, nursery):
     owner = await modules(node, name="owner")
     await owner.call("register_holder", "h", [OWNED])

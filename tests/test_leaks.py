@@ -91,8 +91,8 @@ async def test_streams_and_modules_leave_nothing_behind(embedded, peer, modules)
         await module.call("drop", f"o{i}")
     await peer.host.disconnect(ID.from_base58(node.peer_id))
 
-    async def idle() -> bool:  # left: the accept loop and one server per module connection
-        aio_expected = 1 + len(service.sessions)
+    async def idle() -> bool:  # left: the accept loop, the idle sweeper, one server per module connection
+        aio_expected = 2 + len(service.sessions)
         return service.status()["streams"] == 0 and service.tasks == 0 and service.loops.aio_tasks == aio_expected
 
     await eventually(idle, timeout=10)
@@ -110,7 +110,7 @@ async def test_streams_and_modules_leave_nothing_behind(embedded, peer, modules)
     module.kill()  # and a dead module takes its session and registrations with it
 
     async def gone() -> bool:
-        return not service.sessions and len(service.registry) == 0 and service.loops.aio_tasks == 1
+        return not service.sessions and len(service.registry) == 0 and service.loops.aio_tasks == 2
 
     await eventually(gone, timeout=5)
 

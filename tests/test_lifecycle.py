@@ -26,10 +26,12 @@ from logos_p2p.errors import (
     StreamReset,
     Timeout,
 )
+from logos_p2p.server import _libp2p
 
 from .conftest import eventually, node_status
 from .support import peer as p
-from .support.modproc import ROOT
+from .support.modproc import ROOT, ModuleError
+from .support.scenarios import pattern
 
 PROTO = "/life/1.0.0"
 
@@ -93,11 +95,8 @@ def stranger() -> str:
 async def test_a_dropped_inbound_stream_capability_is_reset(node, peer, modules):
     module = await modules(node)
     await module.call("register_raw_dropper", [PROTO])
-    stream = await peer.open(node.addr, [PROTO])
+    await p.reset_while_opening(peer, node.addr, [PROTO])
     await module.event("dropped")
-    with pytest.raises(StreamReset):
-        await p.read_all(stream)
-    assert p.reset_recorded(stream)
     await nothing_left(node, modules_expected=1, registrations=1)
     resets = {r["cause"]: r["count"] for r in (await node_status(node.rpc))["resets"]}
     assert resets == {"capabilityDropped": 1}
@@ -129,6 +128,71 @@ async def test_a_killed_module_loses_its_registrations_and_its_streams_are_reset
     with pytest.raises(Exception) as info:
         await peer.open(node.addr, [PROTO])
     assert negotiation_failed(info.value)
+    await nothing_left(node)
+
+
+async def test_a_module_killed_mid_read_and_mid_write_resets_both_streams_within_a_second(node, peer, modules):
+    """SIGKILL while the module is inside a read (the peer is sending to it) and inside a
+    write (it is sending to the peer): both peers see a reset within 1 s, what did arrive
+    is an intact prefix of what was sent, and the node keeps nothing for the module."""
+    mib = 1024 * 1024
+    module = await modules(node)
+    await module.call("register_holder", "h", [PROTO])
+    inbound, key = await held_inbound(node, peer, module)
+    incoming = peer.serve("/out/1.0.0")
+    await module.call("open_stream", "o", peer.peer_id, ["/out/1.0.0"], [peer.addr], 10)
+    with trio.fail_after(5):
+        outbound = await incoming.receive()
+
+    block = pattern(65536)
+    received = bytearray()
+    ended: dict[str, tuple[BaseException, float]] = {}
+
+    async def peer_sends() -> None:  # feeds the module's read until the stream dies
+        with contextlib.suppress(Exception):
+            while True:
+                await inbound.write(block)
+
+    async def peer_watches_inbound() -> None:
+        try:
+            await p.read_all(inbound, timeout=30)
+        except Exception as exc:
+            ended["inbound"] = (exc, trio.current_time())
+
+    async def peer_receives() -> None:  # drains the module's writes
+        try:
+            with trio.fail_after(30):
+                while (data := await _libp2p.read(outbound, 65536)) is not None:
+                    received.extend(data)
+        except Exception as exc:
+            ended["outbound"] = (exc, trio.current_time())
+
+    async with trio.open_nursery() as nursery:
+        for task in (peer_sends, peer_watches_inbound, peer_receives):
+            nursery.start_soon(task)
+        reading = module.start("read_reporting", key, mib)
+        writing = module.start("write_many", "o", 65536, 1024 * mib)
+        assert await module.event("reading") >= mib
+        while await module.event("progress") < mib:
+            pass
+        started = trio.current_time()
+        module.kill()
+        with trio.fail_after(5):
+            while len(ended) < 2:  # noqa: ASYNC110 - the two watchers above finish on their own
+                await trio.sleep(0.005)
+        nursery.cancel_scope.cancel()
+
+    for side in ("inbound", "outbound"):
+        exc, when = ended[side]
+        assert isinstance(exc, StreamReset), f"{side}: {exc!r}"
+        assert when - started < 1.0, f"{side}: the reset took {when - started:.2f}s"
+    assert p.reset_recorded(inbound) and p.reset_recorded(outbound)
+    assert 0 < len(received) < 1024 * mib
+    assert received == (block * (len(received) // len(block) + 1))[: len(received)]
+    for call in (reading, writing):
+        with pytest.raises(ModuleError) as died:
+            await call.result(timeout=5)
+        assert died.value.type_name == "ModuleExited"
     await nothing_left(node)
 
 

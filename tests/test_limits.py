@@ -26,21 +26,6 @@ async def resets(node) -> dict[str, int]:
     return {r["cause"]: r["count"] for r in (await node_status(node.rpc))["resets"]}
 
 
-async def refused_by_reset(peer, node, proto: str) -> None:
-    """The peer's stream is reset by the node: during negotiation (py-libp2p's peer then fails
-    ``open`` with the muxer's reset in the chain) or at its first read."""
-    try:
-        stream = await peer.open(node.addr, [proto])
-    except Exception as exc:
-        chain: BaseException | None = exc
-        while chain is not None and type(chain).__name__ != "StreamReset":
-            chain = chain.__cause__
-        assert chain is not None, f"not a reset: {exc!r}"
-        return
-    with pytest.raises(StreamReset):
-        await p.read_all(stream, timeout=2)
-
-
 # -- the idle timeout -------------------------------------------------------------------------------
 
 
@@ -101,7 +86,7 @@ async def test_streams_per_module_are_capped_both_ways(node_factory, peer, modul
     await module.call("open_stream", "o1", peer.peer_id, ["/echo/1.0.0"], [peer.addr], 10)
     with pytest.raises(LimitExceeded, match="3 open streams"):  # a fourth, outbound
         await module.call("open_stream", "o2", peer.peer_id, ["/echo/1.0.0"], [peer.addr], 10)
-    await refused_by_reset(peer, node, PROTO)  # a fourth, inbound
+    await p.reset_while_opening(peer, node.addr, [PROTO])  # a fourth, inbound
     assert await resets(node) == {"limitExceeded": 1}
     [mod] = (await node_status(node.rpc))["modules"]
     assert (mod["inboundStreams"], mod["outboundStreams"]) == (2, 1)

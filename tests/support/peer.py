@@ -85,6 +85,31 @@ async def read_exactly(stream: Any, n: int, timeout: float = 10) -> bytes:
     return bytes(out)
 
 
+async def reset_while_opening(peer: Peer, addr: str, protocols: list[str], timeout: float = 10) -> None:
+    """Open a stream the node will reset at once and check that it was reset.
+
+    The reset may come before py-libp2p's peer has read the node's protocol
+    answer: its yamux drops buffered data once a reset arrives, so ``open``
+    then fails with the muxer's reset in its chain; otherwise the first read
+    raises StreamReset and the muxer records the reset. Both are the reset.
+    """
+    try:
+        stream = await peer.open(addr, protocols, timeout)
+    except Exception as exc:
+        chain: BaseException | None = exc
+        while chain is not None and type(chain).__name__ not in ("StreamReset", "MuxedStreamReset"):
+            chain = chain.__cause__
+        assert chain is not None, f"not a reset: {exc!r}"
+        return
+    try:
+        await read_all(stream, timeout)
+    except Exception as exc:
+        assert type(exc).__name__ == "StreamReset", f"not a reset: {exc!r}"
+    else:
+        raise AssertionError("the stream ended cleanly; a reset was expected")
+    assert reset_recorded(stream)
+
+
 def reset_recorded(stream: Any) -> bool:
     """The muxer's own record that the peer reset this stream."""
     muxed = stream.muxed_stream

@@ -65,12 +65,23 @@ async def drop(ctx: Any, key: str) -> int:
 async def write_many(ctx: Any, key: str, chunk: int, total: int) -> int:
     stream: Stream = ctx.streams[key]
     sent = 0
-    block = b"w" * chunk
+    block = pattern(chunk)
     while sent < total:
         await stream.write(block)
         sent += chunk
         ctx.emit("progress", sent)
     return sent
+
+
+async def read_reporting(ctx: Any, key: str, report_after: int) -> int:
+    """Read to the end; emit "reading" once ``report_after`` bytes have arrived."""
+    stream: Stream = ctx.streams[key]
+    size = 0
+    async for chunk in stream:
+        size += len(chunk)
+        if size >= report_after > size - len(chunk):
+            ctx.emit("reading", size)
+    return size
 
 
 async def read_into_hash(ctx: Any, key: str) -> tuple[int, str]:

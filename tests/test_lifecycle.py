@@ -131,6 +131,19 @@ async def test_a_killed_module_loses_its_registrations_and_its_streams_are_reset
     await nothing_left(node)
 
 
+async def test_a_module_killed_while_opening_a_stream_leaves_no_task(node, modules, blackhole):
+    """An open in progress (to a peer that never answers, 30 s timeout) stops with its module."""
+    module = await modules(node)
+    module.start("pending_open", "x", stranger(), blackhole, 30)
+
+    async def opening() -> bool:
+        return (await node_status(node.rpc))["tasks"] == 1
+
+    await eventually(opening)
+    module.kill()
+    await nothing_left(node)
+
+
 async def test_a_module_killed_mid_read_and_mid_write_resets_both_streams_within_a_second(node, peer, modules):
     """SIGKILL while the module is inside a read (the peer is sending to it) and inside a
     write (it is sending to the peer): both peers see a reset within 1 s, what did arrive

@@ -282,6 +282,7 @@ class DataChannel:
         self.sock = sock
         self.closed = False
         self._send_lock = trio.Lock()
+        self._opening: set[trio.CancelScope] = set()  # opens in progress, for cancel_opens
 
     async def tell(self, message: bytes, fd: socket.socket | None = None) -> bool:
         """Send one message (with a socket attached); False if the channel is gone."""
@@ -315,7 +316,14 @@ class DataChannel:
     def close(self) -> None:
         if not self.closed:
             self.closed = True
+            self.cancel_opens()
             close_raw(self.sock)
+
+    def cancel_opens(self) -> None:
+        """Stop the opens in progress (the module is gone or the node stops): each ends
+        with NodeShutdown instead of holding a task until its own timeout."""
+        for scope in self._opening:
+            scope.cancel()
 
     async def drained(self) -> None:
         """Return once the module's messages that arrived so far are dispatched (bounded)."""
@@ -406,9 +414,17 @@ class DataChannel:
             raise NodeShutdown()
         ids = self.node.check_open(protocols, addrs)
         timeout = timeout_from_ms(timeout_ms, self.node.config.open_timeout)
-        net_stream = await _libp2p.open_stream(self.node.host, peer, ids, addrs, timeout)
+        scope = trio.CancelScope()
+        self._opening.add(scope)
+        try:
+            with scope:
+                net_stream = await _libp2p.open_stream(self.node.host, peer, ids, addrs, timeout)
+        finally:
+            self._opening.discard(scope)
+        if scope.cancelled_caught:
+            raise NodeShutdown("the module's data channel closed" if self.closed else "the node is shutting down")
         bridge = SocketBridge(net_stream, "outbound", self.session, self.node.loops, self.node.limits, self)
-        if self.closed:
+        if self.closed or self.node.shutting_down:
             await _libp2p.reset(net_stream)
             raise NodeShutdown("the module's data channel closed")
         await self.node.adopt(self.session, bridge)

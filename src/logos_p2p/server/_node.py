@@ -130,7 +130,7 @@ class NodeService:
             return
         self.shutting_down = True
         log.info("shutting down")
-        with trio.move_on_after(self.config.shutdown_grace):
+        with trio.move_on_after(self.config.shutdown_grace) as grace:
             await self.loops.to_aio(self._close_rpc_listener)
             self.shutdown_started.set()
             for task in list(self._guarded):
@@ -143,6 +143,15 @@ class NodeService:
                 await trio.sleep(0.01)
             await trio.sleep(0.05)  # a few KJ turns to write the last replies
             await self.loops.to_aio(self._close_connections)
+        if grace.cancelled_caught:
+            log.warning(
+                "shutdown: %gs grace over with %d stream tasks (%s) and %d calls (%s) still running",
+                self.config.shutdown_grace,
+                self.tasks,
+                [b for s in self.sessions.values() for b in s.bridges.values() if b.tasks],
+                len(self._guarded),
+                [t.get_coro() for t in self._guarded],
+            )
         self._stop.set()
 
     async def _expire_idle(self) -> None:
@@ -168,8 +177,10 @@ class NodeService:
 
     @property
     def tasks(self) -> int:
-        """Tasks serving streams right now (bridge pumps, writers, pushers, offers)."""
-        return self._offers + sum(b.tasks for s in self.sessions.values() for b in s.bridges.values())
+        """Tasks serving streams and calls right now (bridge pumps, writers, pushers, offers,
+        opens and dials in progress)."""
+        streams = sum(b.tasks for s in self.sessions.values() for b in s.bridges.values())
+        return self._offers + len(self._guarded) + streams
 
     def _count_reset(self, cause: Cause) -> None:
         self.resets[cause] += 1

@@ -160,8 +160,11 @@ class ModuleSession:
     def teardown(self, registry: Registry, cause: Cause, message: str) -> None:
         """The module is gone (or the node stops): unmount and reset everything it had."""
         self.closed = True
-        if self.channel is not None and cause is not Cause.NODE_SHUTDOWN:
-            self.channel.close()
+        if self.channel is not None:
+            if cause is Cause.NODE_SHUTDOWN:  # the channel stays up for the last answers
+                self.channel.cancel_opens()
+            else:
+                self.channel.close()
         for reg in list(self.registrations.values()):
             registry.remove(reg)
         for bridge in list(self.bridges.values()):

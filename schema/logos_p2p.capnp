@@ -125,7 +125,7 @@ struct Status {
   registrations @3 :UInt32;
   resets @4 :List(CauseCount);  # resets since start, by cause
   streamsTotal @5 :UInt64;    # streams bridged since start
-  tasks @6 :UInt32;           # node tasks serving streams (0 when idle)
+  tasks @6 :UInt32;           # node tasks serving streams and calls in progress (0 when idle)
   authFailures @7 :UInt64;    # TCP RPC clients refused since start (wrong, no or late token proof)
 }
 

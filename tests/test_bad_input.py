@@ -8,6 +8,7 @@ generated with hypothesis.
 
 from __future__ import annotations
 
+import errno
 import socket
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -252,6 +253,9 @@ def _send_and_close(family: int, kind: int, address: Any, data: bytes) -> bytes:
                 got += chunk
         except (ConnectionResetError, BrokenPipeError):
             pass
+        except OSError as exc:  # the node reset the connection before our half-close
+            if exc.errno != errno.ENOTCONN:
+                raise
         except TimeoutError:
             return b"?"
         return got

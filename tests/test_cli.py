@@ -13,7 +13,7 @@ import sys
 import pytest
 import trio
 
-from .conftest import node_status
+from .conftest import eventually, node_status
 from .support import peer as p
 from .support.nodeproc import start_node
 
@@ -125,6 +125,29 @@ async def test_status_command_reports_modules(node, peer, modules):
     assert mod["protocols"] == ["/a/1", "/b/1"]
     assert (mod["registrations"], mod["inboundStreams"], mod["outboundStreams"]) == (1, 1, 0)
     assert status["streams"] == 1 and status["registrations"] == 1
+
+
+async def test_sigusr1_writes_a_snapshot_to_the_log_and_the_node_keeps_serving(node, peer, modules):
+    module = await modules(node, name="inspected")
+    await module.call("register_holder", "h", ["/held/1"])
+    stream = await peer.open(node.addr, ["/held/1"])
+    await module.event("stream")
+    os.kill(node.pid, signal.SIGUSR1)
+
+    async def written() -> bool:
+        return "descriptors" in node.log().partition("state snapshot (SIGUSR1)")[2]
+
+    await eventually(written)
+    snap = node.log().partition("state snapshot (SIGUSR1)")[2]
+    assert "NodeService.run" in snap  # the trio task tree, with where each task waits
+    assert "_accept_loop" in snap  # the asyncio tasks
+    assert "(inspected): 1 registrations, 1 streams" in snap
+    assert "inbound /held/1" in snap
+    assert "anon_inode:[eventpoll]" in snap and "tfd:" in snap
+    await stream.write(b"still here")  # and it serves on
+    await stream.close_write()
+    assert await node_status(node.rpc)
+    assert node.proc.poll() is None
 
 
 def test_node_fixture_starts_with_debug_logs(node):

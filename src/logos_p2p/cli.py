@@ -104,7 +104,7 @@ def _serve(args: argparse.Namespace) -> int:
 
     from . import _address
     from .errors import LogosP2PError
-    from .server import NodeConfig, NodeService
+    from .server import NodeConfig, NodeService, _debug
     from .server._bridge import Limits
     from .server._libp2p import parse_addr, quiet_libp2p_logs
 
@@ -148,6 +148,7 @@ def _serve(args: argparse.Namespace) -> int:
         with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
             async with trio.open_nursery() as nursery:
                 await nursery.start(node.run)
+                _debug.install(node)  # kill -USR1: a snapshot of the node in its log
                 print(json.dumps(node.ready_line()), flush=True)
                 async for _ in signals:
                     break

@@ -37,8 +37,21 @@ def private_runtime_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pa
             os.environ["XDG_RUNTIME_DIR"] = old
 
 
+FAILED = pytest.StashKey[bool]()
+
+
+@pytest.hookimpl(wrapper=True, tryfirst=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Any:
+    report = yield
+    if report.when == "call":
+        item.stash[FAILED] = report.failed
+    return report
+
+
 @pytest.fixture
-def node_factory(tmp_path: Path) -> Iterator[Callable[..., NodeProcess]]:
+def node_factory(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Callable[..., NodeProcess]]:
+    """Nodes for one test, killed by PID afterwards; if the test failed, each live node
+    first writes its state snapshot (SIGUSR1) into the log shown with the failure."""
     nodes: list[NodeProcess] = []
     counter = iter(range(100))
 
@@ -50,7 +63,10 @@ def node_factory(tmp_path: Path) -> Iterator[Callable[..., NodeProcess]]:
     try:
         yield make
     finally:
+        failed = request.node.stash.get(FAILED, False)
         for node in nodes:
+            if failed and (snap := node.snapshot()):
+                print(f"--- node {node.pid} at the failure ---\n{snap}")
             node.kill()
 
 

@@ -40,6 +40,21 @@ class NodeProcess:
             os.kill(self.proc.pid, signal.SIGKILL)
         self.proc.wait(timeout=10)
 
+    def snapshot(self, timeout: float = 3.0) -> str:
+        """Ask a live node for its state snapshot (SIGUSR1); the text, or "" if none came."""
+        if self.proc.poll() is not None:
+            return ""
+        marker = "state snapshot (SIGUSR1)"
+        before = self.log().count(marker)
+        os.kill(self.proc.pid, signal.SIGUSR1)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:  # the node writes its log; nothing to wait on but the file
+            text = self.log()
+            if text.count(marker) > before and "-- descriptors" in text.rpartition(marker)[2]:
+                return marker + text.rpartition(marker)[2]
+            time.sleep(0.02)
+        return ""
+
     def log(self) -> str:
         return (self.workdir / "node.log").read_text(errors="replace")
 

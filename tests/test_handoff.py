@@ -187,3 +187,79 @@ async def test_errors_reported_to_asyncio_are_logged_not_raised_into_trio(caplog
 async def test_asyncio_code_runs_from_any_trio_task():
     async with open_loops() as loops:
         assert await loops.to_aio(lambda: asyncio.sleep(0, result="aio")) == "aio"
+
+
+class _Litter:
+    """Garbage in a reference cycle whose finalizer queues an asyncio callback, as a
+    pycapnp object does when its release makes the KJ loop runnable."""
+
+    def __init__(self, loop: Any, counter: list[int]) -> None:
+        self.me = self
+        self.loop, self.counter = loop, counter
+
+    def __del__(self) -> None:
+        self.loop.call_soon(self.counter.append, 1)
+
+
+async def test_a_callback_queued_by_a_gc_finalizer_waits_for_trio_s_next_turn():
+    async with open_loops() as loops:
+        direct = []
+        real = loops.aio._q_send
+
+        class Spy:  # sees every synchronous put on trio-asyncio's callback queue
+            def send_nowait(self, handle: Any) -> None:
+                direct.append(handle)
+                real.send_nowait(handle)
+
+            def __getattr__(self, name: str) -> Any:
+                return getattr(real, name)
+
+        loops.aio._q_send = Spy()
+        ran: list[int] = []
+        try:
+            _Litter(loops.aio, ran)
+            gc.collect()
+            assert direct == [] and ran == []  # not queued inside the collection
+            await trio.testing.wait_all_tasks_blocked()
+            assert ran == [1]  # queued at the next turn, and run
+            loops.aio.call_soon(ran.append, 2)  # outside a collection: queued at once
+            assert len(direct) == 1
+            await trio.testing.wait_all_tasks_blocked()
+            assert ran == [1, 2]
+        finally:
+            loops.aio._q_send = real
+
+
+async def test_a_collection_inside_the_loop_s_own_receive_loses_no_callback(monkeypatch):
+    """The race itself, made certain: a collection strikes in trio-asyncio's queue read
+    between "nothing queued" and "now waiting", and a finalizer queues a callback there.
+    Unguarded, the callback sat in the queue of a sleeping reader (the node stopped
+    answering) and the next one failed trio's assert."""
+    async with open_loops() as loops:
+        queue = loops.aio._q_recv
+        real = type(queue).receive_nowait
+        ran: list[int] = []
+        armed = [True]
+
+        def receive_nowait(self: Any) -> Any:
+            try:
+                return real(self)
+            except trio.WouldBlock:
+                if self is queue and armed:
+                    armed.clear()
+                    _Litter(loops.aio, ran)
+                    gc.collect()
+                raise
+
+        monkeypatch.setattr(type(queue), "receive_nowait", receive_nowait)
+        loops.aio.call_soon(ran.append, 0)  # the loop reads its queue again: the trap fires
+        with trio.fail_after(2):
+            await trio.testing.wait_all_tasks_blocked()
+        stats = queue.statistics()
+        if stats.current_buffer_used and stats.tasks_waiting_receive:
+            real(queue)  # take the stranded callback out, so that the loop can still close
+            pytest.fail("a callback is stranded in the queue of a sleeping reader")
+        assert ran == [0, 1] and not armed
+        loops.aio.call_soon(ran.append, 2)  # and the queue still works
+        await trio.testing.wait_all_tasks_blocked()
+        assert ran == [0, 1, 2]

@@ -45,6 +45,7 @@ def snapshot(node: NodeService) -> str:
     for title, section in (
         ("trio tasks", _trio_tasks),
         ("trio", lambda: [repr(trio.lowlevel.current_statistics())]),
+        ("asyncio loop", lambda: _loop_lines(node)),
         ("asyncio tasks", lambda: _asyncio_tasks(node)),
         ("node", lambda: _node_lines(node)),
         ("descriptors", _descriptors),
@@ -82,6 +83,16 @@ def _asyncio_tasks(node: NodeService) -> Iterator[str]:
     loop = node.loops.aio
     for task in list(asyncio.all_tasks(loop)):
         yield f"{task.get_name()}: {_where(task.get_coro())}"
+
+
+def _loop_lines(node: NodeService) -> Iterator[str]:
+    loop: Any = node.loops.aio
+    yield f"running {loop.is_running()}, closed {loop.is_closed()}"
+    queue = getattr(loop, "_q_recv", None)  # trio-asyncio's callback queue
+    if queue is not None:
+        yield f"callbacks queued: {queue.statistics()}"
+    for key in list(loop._selector.get_map().values()):
+        yield f"fd {key.fd} events {key.events}: {key.data}"
 
 
 def _node_lines(node: NodeService) -> Iterator[str]:

@@ -158,10 +158,9 @@ class NodeService:
         """Reset streams that moved no byte either way for ``idle_timeout`` (checked
         four times per timeout, at most every 5 s).
 
-        It runs on the asyncio side: as a trio task sleeping beside the RPC
-        hand-offs it made the node stop answering a module's calls now and then
-        (a refused openStream never answered, then nothing on that connection,
-        SIGTERM ignored) -- cause not found; see the issue notes.
+        It runs on the asyncio side: nothing here needs trio. (As a trio task it
+        seemed to make the node stop answering now and then; the real cause was
+        trio-asyncio's queue re-entered by garbage collection, see _handoff.)
         """
         timeout = self.limits.idle_timeout
         period = min(max(timeout / 4, 0.02), 5.0)

@@ -263,3 +263,35 @@ async def test_a_collection_inside_the_loop_s_own_receive_loses_no_callback(monk
         loops.aio.call_soon(ran.append, 2)  # and the queue still works
         await trio.testing.wait_all_tasks_blocked()
         assert ran == [0, 1, 2]
+
+
+async def test_any_kj_loop_on_trio_asyncio_gets_the_guard_and_gives_it_back():
+    """The client library (a module on trio via trio-asyncio) is guarded like the node."""
+    import trio_asyncio
+
+    from logos_p2p import _kj
+
+    async with trio_asyncio.open_loop() as loop:
+        plain = loop._queue_handle
+
+        async def inside() -> bool:
+            async with _kj.kj_loop():
+                return loop._queue_handle is not plain and _kj._GcSafeQueue.on_gc in gc.callbacks
+
+        assert await trio_asyncio.aio_as_trio(inside)()
+        assert loop._queue_handle == plain and _kj._GcSafeQueue.on_gc not in gc.callbacks
+
+
+def test_plain_asyncio_is_left_alone():
+    from logos_p2p import _kj
+
+    async def inside() -> bool:
+        loop = asyncio.get_running_loop()
+        async with _kj.kj_loop():
+            return not _kj._GcSafeQueue.applies(loop) and _kj._GcSafeQueue.on_gc not in gc.callbacks
+
+    loop = asyncio.SelectorEventLoop()  # not asyncio.run: trio-asyncio's policy rules this process
+    try:
+        assert loop.run_until_complete(inside())
+    finally:
+        loop.close()

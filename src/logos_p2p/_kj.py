@@ -11,25 +11,90 @@ loop (``capnp.run(...)``), it is used as is.
 ``firstiter`` hook fails on it (``'async_generator' object has no attribute
 'ag_frame'``), so the hook is set to None while it is entered. This works on
 plain asyncio too, and needs no import of trio-asyncio.
+
+On a trio-asyncio loop (the node's, or a module author's on trio) the KJ loop
+also gets :class:`_GcSafeQueue`: pycapnp queues asyncio callbacks from
+garbage-collection finalizers, which trio-asyncio's queue cannot take.
 """
 
 from __future__ import annotations
 
 import asyncio
+import gc
 import sys
 import weakref
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from typing import Any
 
 import capnp
 
 
-class _Users:
-    __slots__ = ("cm", "count")
+class _GcSafeQueue:
+    """Keeps trio-asyncio's callback queue out of garbage-collection finalizers.
 
-    def __init__(self, cm: AbstractAsyncContextManager[None]) -> None:
+    trio-asyncio queues every asyncio callback (``call_soon``, a future's done
+    callbacks, ``create_task``) on a trio memory channel, whose ``send_nowait``
+    and ``receive`` are not reentrant. pycapnp calls ``loop.call_soon`` whenever
+    its KJ loop becomes runnable -- also from the finalizer of a capnp object
+    the cyclic garbage collector frees, and a collection can start at any
+    allocation, e.g. inside the loop's own ``receive`` between "queue empty" and
+    "now waiting". The callback then lands in the buffer of a queue whose reader
+    sleeps (every RPC connection stops answering) and the next ``call_soon``
+    fails trio's ``assert not data`` (on the node, in a trio task, that ended it).
+
+    While a collection runs, callbacks go through trio's ``run_sync_soon`` (as
+    trio-asyncio's own ``call_soon_threadsafe`` does), which is safe from
+    signal handlers and so from finalizers; they reach the queue at the next
+    scheduler turn. Only the loop's attributes are used: no trio import here.
+    """
+
+    collecting = False
+    _installed = 0
+
+    @staticmethod
+    def applies(loop: asyncio.AbstractEventLoop) -> bool:
+        return all(hasattr(loop, name) for name in ("_queue_handle", "_q_send", "_token"))
+
+    @classmethod
+    def on_gc(cls, phase: str, info: dict[str, Any]) -> None:
+        cls.collecting = phase == "start"
+
+    @classmethod
+    def install(cls, loop: Any) -> Callable[[], None]:
+        """Route ``loop``'s queueing around collections; returns the undo."""
+        queue_now = loop._queue_handle
+        send, token = loop._q_send.send_nowait, loop._token
+
+        def queue_handle(handle: Any) -> Any:
+            if cls.collecting:
+                loop._check_closed()
+                token.run_sync_soon(send, handle)
+                return handle
+            return queue_now(handle)
+
+        loop._queue_handle = queue_handle
+        cls._installed += 1
+        if cls._installed == 1:
+            gc.callbacks.append(cls.on_gc)
+
+        def undo() -> None:
+            loop._queue_handle = queue_now
+            cls._installed -= 1
+            if cls._installed == 0:
+                gc.callbacks.remove(cls.on_gc)
+                cls.collecting = False
+
+        return undo
+
+
+class _Users:
+    __slots__ = ("cm", "count", "undo")
+
+    def __init__(self, cm: AbstractAsyncContextManager[None], undo: Callable[[], None]) -> None:
         self.cm = cm
         self.count = 0
+        self.undo = undo
 
 
 _users: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Users] = weakref.WeakKeyDictionary()
@@ -50,7 +115,8 @@ async def kj_loop() -> AsyncIterator[None]:
             await cm.__aenter__()
         finally:
             sys.set_asyncgen_hooks(*hooks)
-        users = _users[loop] = _Users(cm)
+        undo = _GcSafeQueue.install(loop) if _GcSafeQueue.applies(loop) else (lambda: None)
+        users = _users[loop] = _Users(cm, undo)
     users.count += 1
     try:
         yield
@@ -58,4 +124,7 @@ async def kj_loop() -> AsyncIterator[None]:
         users.count -= 1
         if users.count == 0:
             del _users[loop]
-            await users.cm.__aexit__(None, None, None)
+            try:
+                await users.cm.__aexit__(None, None, None)
+            finally:
+                users.undo()

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import gc
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from contextlib import asynccontextmanager
@@ -179,62 +178,6 @@ def _log_asyncio_error(loop: asyncio.AbstractEventLoop, context: dict[str, Any])
     log.warning("asyncio: %s", message, exc_info=exc)
 
 
-class _GcSafeQueue:
-    """Keeps trio-asyncio's callback queue out of garbage-collection finalizers.
-
-    trio-asyncio queues every asyncio callback (``call_soon``, a future's
-    done callbacks, ``create_task``) on a trio memory channel, whose
-    ``send_nowait`` and ``receive`` are not reentrant. pycapnp calls
-    ``loop.call_soon`` whenever its KJ loop becomes runnable -- also from the
-    finalizer of a capnp object that the cyclic garbage collector frees, and
-    that collection can start at any allocation, e.g. inside the loop's own
-    ``receive`` between "queue empty" and "now waiting". The callback then
-    lands in the buffer of a queue whose reader sleeps (the node stops
-    answering) and the next ``call_soon`` fails trio's ``assert not data``
-    (in a trio task this ended the whole node). Found by the SIGUSR1 snapshot.
-
-    While a collection runs, callbacks go through trio's ``run_sync_soon``
-    instead, which is safe from signal handlers and so from finalizers; they
-    reach the queue at the next scheduler turn (in their own order; a
-    finalizer's callback has no order to keep with the code it interrupted).
-    """
-
-    collecting = False
-    _installed = 0
-
-    @classmethod
-    def on_gc(cls, phase: str, info: dict[str, Any]) -> None:
-        cls.collecting = phase == "start"
-
-    @classmethod
-    def install(cls, loop: Any) -> Callable[[], None]:
-        """Route ``loop``'s queueing around collections; returns the undo."""
-        queue_now = loop._queue_handle
-        token = trio.lowlevel.current_trio_token()
-        send = loop._q_send.send_nowait
-
-        def queue_handle(handle: Any) -> Any:
-            if cls.collecting:
-                loop._check_closed()
-                token.run_sync_soon(send, handle)
-                return handle
-            return queue_now(handle)
-
-        loop._queue_handle = queue_handle
-        cls._installed += 1
-        if cls._installed == 1:
-            gc.callbacks.append(cls.on_gc)
-
-        def undo() -> None:
-            loop._queue_handle = queue_now
-            cls._installed -= 1
-            if cls._installed == 0:
-                gc.callbacks.remove(cls.on_gc)
-                cls.collecting = False
-
-        return undo
-
-
 @asynccontextmanager
 async def open_loops() -> AsyncIterator[Loops]:
     """From trio: run an asyncio loop (trio-asyncio) with pycapnp's KJ loop on it.
@@ -242,22 +185,10 @@ async def open_loops() -> AsyncIterator[Loops]:
     The yielded :class:`Loops` has a nursery for the node's tasks; it is
     cancelled on exit, before the KJ loop stops.
     """
-    undo: list[Callable[[], None]] = []
-    try:
-        async with _loops(undo) as loops:
-            yield loops
-    finally:
-        for step in undo:  # after trio-asyncio's own teardown, which queues callbacks too
-            step()
-
-
-@asynccontextmanager
-async def _loops(undo: list[Callable[[], None]]) -> AsyncIterator[Loops]:
     async with trio_asyncio.open_loop() as aio_loop, trio.open_nursery() as outer:
         # trio-asyncio's default handler re-raises asyncio errors into trio, which
         # would stop the node; pycapnp reports e.g. a cancelled call that raised there.
         aio_loop.set_exception_handler(_log_asyncio_error)
-        undo.append(_GcSafeQueue.install(aio_loop))
         entered = trio.Event()
         release = trio.Event()
 

@@ -206,7 +206,9 @@ async def open_loops() -> AsyncIterator[Loops]:
                 finally:
                     inner.cancel_scope.cancel()
         except BaseException as exc:
-            log.error("the node's loops are stopping on an error", exc_info=exc)
+            # The caller reports the error; the whole tree is for debugging (were the
+            # teardown below ever to hang, this is the only place it would show).
+            log.debug("the node's loops are stopping on an error", exc_info=exc)
             raise
         finally:
             release.set()

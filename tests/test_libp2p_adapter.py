@@ -6,6 +6,7 @@ One test per py-libp2p 0.8.1 gap the adapter closes.
 from __future__ import annotations
 
 import contextlib
+from typing import Any
 
 import pytest
 import trio
@@ -126,3 +127,55 @@ async def test_a_writer_outlasts_a_reader_paused_for_more_than_five_seconds(pair
             while got < len(payload):
                 got += len(await _libp2p.read(theirs, 1 << 20) or b"")
     assert got == len(payload)
+
+
+class _HalfWayWrite:
+    """A secure session whose write is suspended half-way (nonce used, bytes not all out)."""
+
+    def __init__(self) -> None:
+        self.finish = trio.Event()
+        self.started = trio.Event()
+        self.written: list[bytes] = []
+        self.closed = False
+
+    async def write(self, data: bytes) -> None:
+        self.started.set()
+        await self.finish.wait()
+        self.written.append(data)
+
+    async def close(self) -> None:
+        self.closed = True
+
+
+async def test_a_cancelled_secure_channel_write_still_goes_out_whole():
+    """Fix 5: cancelling the writer must not cut a Noise message (the remote would fail to
+    decrypt every later one and drop the connection)."""
+    session = _HalfWayWrite()
+    write = _libp2p._whole_write(_HalfWayWrite.write)
+    outcome = []
+
+    async def writer(task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
+        with trio.CancelScope() as scope:
+            task_status.started(scope)
+            await write(session, b"frame")
+            outcome.append("returned")
+        outcome.append("cancelled" if scope.cancelled_caught else "not cancelled")
+
+    async with trio.open_nursery() as nursery:
+        scope = await nursery.start(writer)
+        await session.started.wait()
+        scope.cancel()
+        await trio.testing.wait_all_tasks_blocked()
+        assert outcome == [] and session.written == []  # still writing, though cancelled
+        session.finish.set()
+    assert session.written == [b"frame"] and outcome == ["cancelled"] and not session.closed
+
+
+async def test_a_secure_channel_write_stuck_past_the_bound_closes_the_connection(autojump_clock, monkeypatch):
+    monkeypatch.setattr(_libp2p, "WRITE_STALL", 5.0)
+    session = _HalfWayWrite()  # never finishes
+    write = _libp2p._whole_write(_HalfWayWrite.write)
+    started = trio.current_time()
+    with pytest.raises(OSError, match="stalled"):
+        await write(session, b"frame")
+    assert trio.current_time() - started == pytest.approx(5.0) and session.closed

@@ -36,7 +36,19 @@ py-libp2p 0.8.1 gaps closed here (each one small and documented):
    the stream gone. (Cancelling the reader instead is not safe: py-libp2p
    reads and writes are not cancel-safe, see ``_bridge``.)
 
-Upstream: 1, 2 and 4 are py-libp2p bugs worth reporting with these
+5. **A cancelled write breaks the whole connection.** Noise numbers each
+   message: ``write_msg`` encrypts (using up a nonce) and then awaits the
+   socket write. Cancel a task there -- an open that times out, a nursery
+   that ends because a read failed, a stream task stopped -- and the message
+   is never sent or only partly sent, so the next one cannot be decrypted:
+   the remote side fails "authentication of message" and drops the
+   connection with every stream on it. Seen in the 10,000-stream soak as the
+   peer's connection dying right after a module kill (its sender had been
+   cancelled mid-write). :func:`install_fixes` shields each secure-channel
+   write from cancellation, bounded by :data:`WRITE_STALL`: a write stuck
+   that long closes the connection, which is broken for the remote anyway.
+
+Upstream: 1, 2, 4 and 5 are py-libp2p bugs worth reporting with these
 descriptions; 3 is by design there ("yamux has no deadlines").
 """
 
@@ -65,6 +77,7 @@ from libp2p.network.stream.exceptions import StreamError as Libp2pStreamError
 from libp2p.peer.id import ID
 from libp2p.peer.peerinfo import PeerInfo, info_from_p2p_addr
 from libp2p.protocol_muxer.exceptions import MultiselectClientError
+from libp2p.security.secure_session import SecureSession
 from libp2p.stream_muxer.exceptions import MuxedConnUnavailable, MuxedStreamError
 from libp2p.stream_muxer.mplex.mplex import Mplex
 from libp2p.stream_muxer.mplex.mplex_stream import MplexStream
@@ -142,7 +155,28 @@ def install_fixes() -> None:
 
     MplexStream.__init__ = init  # type: ignore[method-assign]
     Mplex._handle_reset = handle_reset  # type: ignore[method-assign]
+    SecureSession.write = _whole_write(SecureSession.write)  # type: ignore[method-assign]
     _fixes_installed = True
+
+
+WRITE_STALL = 30.0  # seconds a shielded secure-channel write may take before the connection is closed
+
+
+def _whole_write(original: Any) -> Any:
+    """Fix 5: a secure-channel message is written whole or the connection is closed."""
+
+    async def write(self: SecureSession, data: bytes) -> None:
+        with trio.CancelScope(shield=True):
+            with trio.move_on_after(WRITE_STALL) as stall:
+                await original(self, data)
+            if stall.cancelled_caught:
+                with contextlib.suppress(Exception):
+                    await self.close()
+                raise OSError(f"a secure-channel write stalled for {WRITE_STALL:g}s; connection closed")
+        await trio.lowlevel.checkpoint_if_cancelled()
+
+    write.__wrapped__ = original  # type: ignore[attr-defined]
+    return write
 
 
 # -- fix 1: the truth behind StreamEOF --------------------------------------------------

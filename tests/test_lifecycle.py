@@ -73,6 +73,18 @@ async def held_inbound(node, peer, module, proto: str = PROTO):
     return stream, (await module.event("stream"))["key"]
 
 
+async def held_both_ways(node, peer, module):
+    """One stream each way, held by a holder module: (inbound peer stream, its module key,
+    outbound peer stream, whose module key is "o")."""
+    await module.call("register_holder", "h", [PROTO])
+    inbound, key = await held_inbound(node, peer, module)
+    incoming = peer.serve("/out/1.0.0")
+    await module.call("open_stream", "o", peer.peer_id, ["/out/1.0.0"], [peer.addr], 10)
+    with trio.fail_after(5):
+        outbound = await incoming.receive()
+    return inbound, key, outbound
+
+
 @pytest.fixture
 def blackhole() -> Iterator[str]:
     """A TCP port that accepts connections (the kernel does) but never answers."""
@@ -110,12 +122,7 @@ async def test_a_dropped_inbound_stream_capability_is_reset(node, peer, modules)
 
 async def test_a_killed_module_loses_its_registrations_and_its_streams_are_reset(node, peer, modules):
     module = await modules(node)
-    await module.call("register_holder", "h", [PROTO])
-    inbound, _ = await held_inbound(node, peer, module)
-    incoming = peer.serve("/out/1.0.0")
-    await module.call("open_stream", "o", peer.peer_id, ["/out/1.0.0"], [peer.addr], 10)
-    with trio.fail_after(5):
-        outbound = await incoming.receive()
+    inbound, _, outbound = await held_both_ways(node, peer, module)
 
     started = trio.current_time()
     module.kill()
@@ -150,12 +157,7 @@ async def test_a_module_killed_mid_read_and_mid_write_resets_both_streams_within
     is an intact prefix of what was sent, and the node keeps nothing for the module."""
     mib = 1024 * 1024
     module = await modules(node)
-    await module.call("register_holder", "h", [PROTO])
-    inbound, key = await held_inbound(node, peer, module)
-    incoming = peer.serve("/out/1.0.0")
-    await module.call("open_stream", "o", peer.peer_id, ["/out/1.0.0"], [peer.addr], 10)
-    with trio.fail_after(5):
-        outbound = await incoming.receive()
+    inbound, key, outbound = await held_both_ways(node, peer, module)
 
     block = pattern(65536)
     received = bytearray()

@@ -55,6 +55,7 @@ descriptions; 3 is by design there ("yamux has no deadlines").
 from __future__ import annotations
 
 import contextlib
+import functools
 import ipaddress
 import logging
 import os
@@ -165,6 +166,7 @@ WRITE_STALL = 30.0  # seconds a shielded secure-channel write may take before th
 def _whole_write(original: Any) -> Any:
     """Fix 5: a secure-channel message is written whole or the connection is closed."""
 
+    @functools.wraps(original)
     async def write(self: SecureSession, data: bytes) -> None:
         with trio.CancelScope(shield=True):
             with trio.move_on_after(WRITE_STALL) as stall:
@@ -175,7 +177,6 @@ def _whole_write(original: Any) -> Any:
                 raise OSError(f"a secure-channel write stalled for {WRITE_STALL:g}s; connection closed")
         await trio.lowlevel.checkpoint_if_cancelled()
 
-    write.__wrapped__ = original  # type: ignore[attr-defined]
     return write
 
 

@@ -139,17 +139,16 @@ class NodeService:
                 session.teardown(self.registry, Cause.NODE_SHUTDOWN, "the node is shutting down")
             # Wait for the stream tasks to end and the failed calls to answer. Their
             # counters live in many objects; a short poll, bounded by the grace above.
-            while self.tasks or self._guarded:  # noqa: ASYNC110
+            while self.tasks:  # noqa: ASYNC110 - counts the guarded calls too
                 await trio.sleep(0.01)
             await trio.sleep(0.05)  # a few KJ turns to write the last replies
             await self.loops.to_aio(self._close_connections)
         if grace.cancelled_caught:
             log.warning(
-                "shutdown: %gs grace over with %d stream tasks (%s) and %d calls (%s) still running",
+                "shutdown: %gs grace over with %d tasks still running (streams %s, calls %s)",
                 self.config.shutdown_grace,
                 self.tasks,
                 [b for s in self.sessions.values() for b in s.bridges.values() if b.tasks],
-                len(self._guarded),
                 [t.get_coro() for t in self._guarded],
             )
         self._stop.set()
@@ -160,7 +159,7 @@ class NodeService:
 
         It runs on the asyncio side: nothing here needs trio. (As a trio task it
         seemed to make the node stop answering now and then; the real cause was
-        trio-asyncio's queue re-entered by garbage collection, see _handoff.)
+        trio-asyncio's queue re-entered by garbage collection, see _kj._GcSafeQueue.)
         """
         timeout = self.limits.idle_timeout
         period = min(max(timeout / 4, 0.02), 5.0)

@@ -183,18 +183,17 @@ async def test_a_module_killed_mid_read_and_mid_write_resets_both_streams_within
             ended["outbound"] = (exc, trio.current_time())
 
     async with trio.open_nursery() as nursery:
-        for task in (peer_sends, peer_watches_inbound, peer_receives):
-            nursery.start_soon(task)
-        reading = module.start("read_reporting", key, mib)
-        writing = module.start("write_many", "o", 65536, 1024 * mib)
-        assert await module.event("reading") >= mib
-        while await module.event("progress") < mib:
-            pass
-        started = trio.current_time()
-        module.kill()
-        with trio.fail_after(5):
-            while len(ended) < 2:  # noqa: ASYNC110 - the two watchers above finish on their own
-                await trio.sleep(0.005)
+        nursery.start_soon(peer_sends)
+        async with trio.open_nursery() as watchers:  # each ends on the reset (or its own timeout)
+            watchers.start_soon(peer_watches_inbound)
+            watchers.start_soon(peer_receives)
+            reading = module.start("read_reporting", key, mib)
+            writing = module.start("write_many", "o", 65536, 1024 * mib)
+            assert await module.event("reading") >= mib
+            while await module.event("progress") < mib:
+                pass
+            started = trio.current_time()
+            module.kill()
         nursery.cancel_scope.cancel()
 
     for side in ("inbound", "outbound"):

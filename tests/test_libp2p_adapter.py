@@ -112,6 +112,66 @@ async def test_a_clean_half_close_is_end_of_stream(pair):
     assert await _libp2p.read(ours, 100) is None
 
 
+async def _held(stream: Any, beyond: int = 0) -> int:
+    with trio.fail_after(5):
+        await _libp2p.wait_more(stream, beyond)
+    return _libp2p.muxer_buffered(stream)
+
+
+async def test_take_hands_over_held_bytes_and_credit_gives_the_window_back(pair):
+    """The byte path forwards what the muxer holds before it sends the window update."""
+    ours, theirs, *_ = pair
+    await _libp2p.write(theirs, b"abc" * 1000)
+    if not isinstance(ours.muxed_stream, _libp2p.YamuxStream):
+        assert _libp2p.take(ours, 100) is None  # mplex: the read path does it all
+        assert await _libp2p.read(ours, 3000) == b"abc" * 1000
+        return
+    assert await _held(ours) == 3000
+    receiver = ours.muxed_stream
+    window = receiver.recv_window
+    assert _libp2p.take(ours, 1000) == b"abc" * 333 + b"a"
+    assert _libp2p.take(ours, 5000) == b"bc" + b"abc" * 666
+    assert _libp2p.take(ours, 5000) is None
+    assert receiver.recv_window == window  # nothing given back yet
+    await _libp2p.credit(ours, 3000)
+    assert receiver.recv_window >= window + 3000  # given back (and sent: yamux's own update path)
+
+
+async def test_wait_more_returns_at_end_of_stream_and_at_a_reset(pair):
+    ours, theirs, *_ = pair
+    await _libp2p.close_write(theirs)
+    assert await _held(ours) == 0
+    assert await _libp2p.read(ours, 10) is None
+    await theirs.reset()
+    assert await _held(theirs) == 0  # returns (nothing will come), takes nothing
+
+
+async def test_wait_more_gives_up_after_its_bound(pair):
+    ours, *_ = pair
+    started = trio.current_time()
+    with trio.fail_after(5):
+        await _libp2p.wait_more(ours, 0, 0.05)
+    if isinstance(ours.muxed_stream, _libp2p.YamuxStream):
+        assert trio.current_time() - started >= 0.05
+    assert _libp2p.muxer_buffered(ours) == 0
+
+
+async def test_a_64_kib_write_cut_at_a_full_frame_is_taken_whole(pair):
+    """py-libp2p's yamux sends 64 KiB as a full frame and a 12-byte one; the byte path
+    waits for the second while the first ends on a full frame, then moves both at once."""
+    ours, theirs, *_ = pair
+    if not isinstance(ours.muxed_stream, _libp2p.YamuxStream):
+        pytest.skip("the cut is yamux's")
+    block = bytes(range(256)) * 256
+    await _libp2p.write(theirs, block)
+    held = await _held(ours)
+    assert _libp2p.mid_write(ours) == (held == _libp2p.YAMUX_FULL_FRAME)
+    if _libp2p.mid_write(ours):
+        held = await _held(ours, held)
+    assert held == len(block) and not _libp2p.mid_write(ours)
+    assert _libp2p.take(ours, 65536) == block
+
+
 @pytest.mark.slow
 async def test_a_writer_outlasts_a_reader_paused_for_more_than_five_seconds(pair):
     """py-libp2p's yamux write raised after 5 s of zero window, which read as a reset."""

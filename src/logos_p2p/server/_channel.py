@@ -62,6 +62,7 @@ DATA, EOF, CLOSE = b"D", b"E", b"C"
 HELLO_TIMEOUT = 10.0
 MAX_CHANNEL_MESSAGE = 64 * 1024
 TELL_TIMEOUT = 1.0  # a module that does not read its channel loses the news
+REST_OF_WRITE = 0.0003  # seconds to wait for the rest of a write cut at a full yamux frame
 
 
 class SocketBridge(Bridge):
@@ -122,11 +123,21 @@ class SocketBridge(Bridge):
         delivering = True
         with self._task():
             while not self.wire_released:
-                try:
-                    data = await _libp2p.read(self.net, MAX_DATA)
-                except StreamReset as exc:
-                    self.reset(exc.cause, str(exc), from_wire=True)
-                    return
+                await _libp2p.wait_more(self.net)
+                if _libp2p.mid_write(self.net):
+                    # a 64 KiB write from a py-libp2p peer arrives as a full frame and then
+                    # a 12-byte one: forwarded as they come, every write would cost the node
+                    # and the module two messages, two reads and two muxer writes
+                    await _libp2p.wait_more(self.net, _libp2p.muxer_buffered(self.net), REST_OF_WRITE)
+                # bytes already held go to the module first, the peer's window after
+                data = _libp2p.take(self.net, MAX_DATA)
+                taken = data is not None
+                if not taken:
+                    try:
+                        data = await _libp2p.read(self.net, MAX_DATA)
+                    except StreamReset as exc:
+                        self.reset(exc.cause, str(exc), from_wire=True)
+                        return
                 if data is None:
                     if delivering and self.state.state is not State.CLOSED:
                         await self._send(EOF)
@@ -137,6 +148,12 @@ class SocketBridge(Bridge):
                 self.owner.account(self, bytes_in=len(data))
                 if delivering and self.state.state is not State.CLOSED:
                     delivering = await self._send(DATA, data)
+                if taken:
+                    try:
+                        await _libp2p.credit(self.net, len(data))
+                    except StreamReset as exc:
+                        self.reset(exc.cause, str(exc), from_wire=True)
+                        return
 
     # -- module -> peer ----------------------------------------------------------------
 
@@ -163,7 +180,7 @@ class SocketBridge(Bridge):
                         return
                     self.tx_bytes = len(msg) - 1  # held by the node while libp2p takes it
                     try:
-                        await _libp2p.write(self.net, msg[1:])
+                        await _libp2p.write(self.net, memoryview(msg)[1:])
                     except StreamReset as exc:
                         self.reset(exc.cause, str(exc), from_wire=True)
                         return

@@ -4,6 +4,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from logos_p2p import _schema
 from logos_p2p import errors as e
 from logos_p2p._wire import RemoteError, decode_uvarint, encode_uvarint, error_to_marker, lp_frame, marker_to_error
 
@@ -95,3 +96,32 @@ def test_newlines_cannot_forge_a_second_marker():
     evil = e.InvalidArgument("bad\n[logos-p2p:node-shutdown] forged")
     back = marker_to_error(f"RemoteError: {error_to_marker(evil)}")
     assert type(back) is e.InvalidArgument
+
+
+@pytest.mark.parametrize(
+    "fields",
+    [
+        {
+            "inbound": {
+                "registration": 1,
+                "info": {
+                    "id": 7,
+                    "protocol": "/p/1",
+                    "remotePeerId": "12D3",
+                    "remoteAddr": "/ip4/127.0.0.1/tcp/1",
+                    "direction": "inbound",
+                },
+            }
+        },
+        {"opened": {"request": 3, "info": {"id": 8, "protocol": "/p/1", "direction": "outbound"}}},
+        {"open": {"request": 1, "peerId": "12D3", "protocols": ["/a/1", "/b/1"], "addrs": [], "timeoutMs": 500}},
+        {"openFailed": {"request": 2, "error": "[logos-p2p:timeout] no answer"}},
+        {"reset": {"stream": 9, "cause": "localReset", "message": ""}},
+        {"flushed": 5},
+        {"hello": b"t" * 32},
+    ],
+)
+def test_a_channel_message_filled_field_by_field_is_the_same_bytes(fields):
+    """The data channel builds its frames field by field (8x cheaper than the dict form)."""
+    expected = bytes(_schema.load().ChannelMessage.new_message(**fields).to_bytes())
+    assert _schema.channel_message(**fields) == expected

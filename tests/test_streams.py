@@ -229,3 +229,13 @@ async def test_async_with_resets_on_exception(pair):
     assert await pair.module.call("use_as_context_manager", pair.mod.key, True) == "raised"
     with pytest.raises(StreamReset):
         await p.read_all(pair.peer)
+
+
+@pytest.mark.parametrize("size", [256 * 1024 + 1, 1024 * 1024])
+async def test_read_all_of_more_than_the_modules_buffer(pair, size):
+    """read_all raises the buffer's bound past 256 KiB; the push path's parked sink must see it."""
+    data = pattern(size, seed=21)
+    reading = pair.module.start("stream_op", pair.mod.key, "read_all")
+    await pair.peer.write(data)
+    await pair.peer.close_write()
+    assert await reading.result(timeout=30) == data

@@ -68,14 +68,27 @@ class Tuning:
 class _Core:
     """State plus inbound buffer of one stream; shared by the Stream and its sink."""
 
-    __slots__ = ("__weakref__", "_waiters", "buf", "limit", "need", "state")
+    __slots__ = ("__weakref__", "_need", "_waiters", "buf", "limit", "state")
 
     def __init__(self, limit: int) -> None:
         self.state = StreamState()
         self.buf = bytearray()
-        self.need = 0  # a framed reader needs this many bytes buffered
+        self._need = 0  # a framed reader needs this many bytes buffered
         self.limit = limit
         self._waiters = AioWaiters()
+
+    @property
+    def need(self) -> int:
+        return self._need
+
+    @need.setter
+    def need(self, n: int) -> None:
+        """A reader needs ``n`` bytes buffered. Raising the bound wakes whoever waits
+        for room (a parked push), or the buffer stays full below what the reader waits for."""
+        parked = n > self._need and len(self.buf) >= self.limit
+        self._need = n
+        if parked:
+            self.wake()
 
     def wake(self) -> None:
         self._waiters.notify()
@@ -105,7 +118,7 @@ class _Core:
         return data
 
     def full(self) -> bool:
-        return len(self.buf) >= max(self.limit, self.need) and self.state.state in (State.OPEN, State.SEND_CLOSED)
+        return len(self.buf) >= max(self.limit, self._need) and self.state.state in (State.OPEN, State.SEND_CLOSED)
 
 
 class _Sink(rpc.ByteSink.Server):  # type: ignore[name-defined,misc]

@@ -16,6 +16,7 @@ from libp2p.peer.id import ID
 from logos_p2p.errors import Cause, ConnectionLost, StreamReset
 from logos_p2p.server import _libp2p
 
+from .support.frames import FrameRecorder, stream_key
 from .support.peer import open_peer
 
 PROTO = "/adapter/1.0.0"
@@ -239,3 +240,40 @@ async def test_a_secure_channel_write_stuck_past_the_bound_closes_the_connection
     with pytest.raises(OSError, match="stalled"):
         await write(session, b"frame")
     assert trio.current_time() - started == pytest.approx(5.0) and session.closed
+
+
+@pytest.mark.parametrize("how", ["read", "take-and-credit"])
+async def test_no_window_update_once_the_peer_has_finished(monkeypatch, how):
+    """Fix 6: the bytes read after the peer's FIN give no window back (nim-libp2p < 1.13 answers
+    a window update for a stream it has finished with GoAway, dropping the whole connection).
+    Both ways the node reads: py-libp2p's read, and take + credit."""
+    recorder = FrameRecorder()
+    recorder.install(monkeypatch)
+    async with open_peer("yamux") as a, open_peer("yamux") as b:
+        incoming = b.serve(PROTO)
+        ours = await a.open(b.addr, [PROTO])
+        with trio.fail_after(5):
+            theirs = await incoming.receive()
+        reply = bytes(range(256)) * 800  # 200 KiB: within the first window, over yamux's update threshold
+        await _libp2p.write(theirs, reply)
+        await _libp2p.close_write(theirs)
+        with trio.fail_after(5):
+            while not ours.muxed_stream.recv_closed:
+                await _libp2p.wait_more(ours, _libp2p.muxer_buffered(ours))
+        mark = recorder.mark()
+        got = bytearray()
+        if how == "read":
+            while (data := await _libp2p.read(ours, 65536)) is not None:
+                got += data
+        else:
+            while (data := _libp2p.take(ours, 65536)) is not None:
+                got += data
+                await _libp2p.credit(ours, len(data))
+            assert await _libp2p.read(ours, 10) is None
+        assert bytes(got) == reply
+        # a barrier: b has read everything a sent before this new stream's SYN
+        await a.open(b.addr, [PROTO])
+        with trio.fail_after(5):
+            await incoming.receive()
+        assert any("syn" in f.flags for f in recorder.of(stream_key(theirs)))  # the record sees this stream
+        assert recorder.since(mark, stream_key(theirs)) == []

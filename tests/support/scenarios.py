@@ -417,3 +417,16 @@ async def register_soak(ctx: Any, key: str, protocols: list[str]) -> list[str]:
     reg = await ctx.node.register(protocols, handler, share=True)
     ctx.registrations[key] = reg
     return list(reg.protocols)
+
+
+async def read_slowly(ctx: Any, key: str, chunk: int, pause: float) -> tuple[int, str]:
+    """Read to the end ``chunk`` bytes at a time, pausing between reads (a module slower
+    than its peer); the size and sha256 of what arrived."""
+    stream: Stream = ctx.streams[key]
+    digest = hashlib.sha256()
+    size = 0
+    while data := await stream.read(chunk):
+        digest.update(data)
+        size += len(data)
+        await asyncio.sleep(pause)
+    return size, digest.hexdigest()

@@ -48,7 +48,24 @@ py-libp2p 0.8.1 gaps closed here (each one small and documented):
    write from cancellation, bounded by :data:`WRITE_STALL`: a write stuck
    that long closes the connection, which is broken for the remote anyway.
 
-Upstream: 1, 2, 4 and 5 are py-libp2p bugs worth reporting with these
+6. **Window updates for a stream the peer has finished.** A yamux read gives
+   the peer its window back (``send_window_update``) even when the peer's
+   FIN or RST has already arrived: the bytes it reads were sent before the
+   FIN, and no more can come. Such a frame names a stream the peer may have
+   forgotten: nim-libp2p before v1.13 answers "Unknown stream ID" with
+   GoAway(ProtocolError) and drops the connection with every stream on it
+   (seen in request/response use: the module half-closes, nim replies and
+   sends FIN, the node reads the reply). :func:`install_fixes` makes
+   ``send_window_update`` send nothing once the stream's receive side is
+   closed or reset; :func:`credit` goes through it too.
+
+7. **An mplex write goes on after a reset.** ``MplexStream.write`` cuts a
+   write into 4076-byte frames and sends them all, checking for a reset only
+   before the first: a 256 KiB write the peer reset half-way still sends
+   dozens of frames for a stream the peer has dropped. :func:`write` hands
+   mplex one frame at a time and stops at the reset.
+
+Upstream: 1, 2, 4, 5, 6 and 7 are py-libp2p bugs worth reporting with these
 descriptions; 3 is by design there ("yamux has no deadlines").
 """
 
@@ -81,6 +98,7 @@ from libp2p.peer.peerinfo import PeerInfo, info_from_p2p_addr
 from libp2p.protocol_muxer.exceptions import MultiselectClientError
 from libp2p.security.secure_session import SecureSession
 from libp2p.stream_muxer.exceptions import MuxedConnUnavailable, MuxedStreamError
+from libp2p.stream_muxer.mplex.constants import CHUNK_SIZE as MPLEX_CHUNK
 from libp2p.stream_muxer.mplex.mplex import Mplex
 from libp2p.stream_muxer.mplex.mplex_stream import MplexStream
 from libp2p.stream_muxer.yamux.yamux import HEADER_SIZE as YAMUX_HEADER_SIZE
@@ -160,6 +178,7 @@ def install_fixes() -> None:
     MplexStream.__init__ = init  # type: ignore[method-assign]
     Mplex._handle_reset = handle_reset  # type: ignore[method-assign]
     SecureSession.write = _whole_write(SecureSession.write)  # type: ignore[method-assign]
+    YamuxStream.send_window_update = _while_receiving(YamuxStream.send_window_update)  # type: ignore[method-assign]
     _fixes_installed = True
 
 
@@ -181,6 +200,18 @@ def _whole_write(original: Any) -> Any:
         await trio.lowlevel.checkpoint_if_cancelled()
 
     return write
+
+
+def _while_receiving(original: Any) -> Any:
+    """Fix 6: no window update once the peer's FIN or RST arrived (or the stream is gone)."""
+
+    @functools.wraps(original)
+    async def send_window_update(self: YamuxStream, increment: int, skip_lock: bool = False) -> None:
+        if self.recv_closed or self.reset_received or self.closed:
+            return
+        await original(self, increment, skip_lock)
+
+    return send_window_update
 
 
 # -- fix 1: the truth behind StreamEOF --------------------------------------------------
@@ -272,6 +303,13 @@ async def write(net_stream: INetStream, data: bytes | memoryview) -> None:
     """Write all of ``data``; blocks while the peer's receive window is full."""
     muxed = net_stream.muxed_stream
     with _translate(net_stream):
+        if isinstance(muxed, MplexStream):
+            view = memoryview(data).cast("B")
+            for start in range(0, len(view), MPLEX_CHUNK):  # fix 7: frame by frame, up to a reset
+                if muxed.event_reset.is_set():
+                    raise _gone(net_stream, MuxedStreamError("stream reset while writing"))
+                await net_stream.write(bytes(view[start : start + MPLEX_CHUNK]))
+            return
         if not isinstance(muxed, YamuxStream):
             await net_stream.write(bytes(data))
             return
@@ -351,7 +389,8 @@ def take(net_stream: INetStream, max_bytes: int) -> bytes | None:
 
 
 async def credit(net_stream: INetStream, taken: int) -> None:
-    """Give the peer back the window of ``taken`` bytes from :func:`take` (as yamux's read does)."""
+    """Give the peer back the window of ``taken`` bytes from :func:`take` (as yamux's read does);
+    nothing once the peer has half-closed or reset (fix 6)."""
     muxed = net_stream.muxed_stream
     with _translate(net_stream):
         await muxed._auto_tune_and_send_window_update(bytes_read=taken)

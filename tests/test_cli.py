@@ -101,6 +101,7 @@ def test_a_second_node_on_a_live_socket_refuses_to_start(node, tmp_path):
     assert run_cli("status", "--rpc", node.rpc).returncode == 0  # the first one is untouched
 
 
+@pytest.mark.parametrize("data_path", ["auto"])  # over TCP "auto" is push: once is enough
 async def test_tcp_rpc_endpoint(node_factory, peer, modules):
     node = node_factory(rpc="tcp:127.0.0.1:0")
     assert node.rpc.startswith("tcp:127.0.0.1:") and not node.rpc.endswith(":0")

@@ -39,6 +39,12 @@ class Pair:
     node: Any
 
 
+@pytest.fixture
+def data_path() -> str:
+    """Each pair names its own data path (conftest's parametrised default would run every pair twice)."""
+    return "push"
+
+
 @pytest.fixture(
     params=["inbound-socket", "inbound-push", "inbound-pull", "outbound-socket", "outbound-push", "outbound-pull"]
 )

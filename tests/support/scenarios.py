@@ -6,6 +6,7 @@ Each function takes the driver's context first. Tests call them by name.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 import hashlib
 from typing import Any
@@ -430,3 +431,168 @@ async def read_slowly(ctx: Any, key: str, chunk: int, pause: float) -> tuple[int
         size += len(data)
         await asyncio.sleep(pause)
     return size, digest.hexdigest()
+
+
+# -- the conformance suite (tests/test_conformance.py): one cell at a time ----------------------
+
+
+async def forget_stream(ctx: Any, key: str) -> None:
+    """After a cell: reset the stream if it is still there, and forget it."""
+    stream = ctx.streams.pop(key, None)
+    if stream is not None:
+        await stream.reset()
+
+
+async def _read_with(stream: Stream, method: str, size: int) -> bytes:
+    if method == "read":
+        out = bytearray()
+        while chunk := await stream.read(65536):
+            out += chunk
+        return bytes(out)
+    if method == "read_exactly":
+        return await stream.read_exactly(size)
+    if method == "read_all":
+        return await stream.read_all()
+    if method == "read_lp":
+        return await stream.read_lp(max(size, 1))
+    if method == "aiter":
+        out = bytearray()
+        async for chunk in stream:
+            out += chunk
+        return bytes(out)
+    raise ValueError(method)
+
+
+async def _end_of_stream(stream: Stream, method: str) -> str:
+    """What the stream says after the peer's half-close, asked twice."""
+    from logos_p2p.client import EndOfStream
+
+    if method == "read_lp":
+        for _ in range(2):
+            try:
+                await stream.read_lp()
+            except EndOfStream:
+                continue
+            return "a frame after the end"
+    seen = [await stream.read(1), await stream.read(1)]
+    return "eof" if seen == [b"", b""] else f"bytes after the end: {seen!r}"
+
+
+async def conform_read(ctx: Any, key: str, method: str, size: int) -> tuple[int, str, str]:
+    """Read what the peer sends with ``method`` until its half-close; then write the size and
+    digest of it back and close (the rest, after the peer's half-close)."""
+    stream: Stream = ctx.streams[key]
+    data = await _read_with(stream, method, size)
+    end = await _end_of_stream(stream, method)
+    digest = hashlib.sha256(data).hexdigest()
+    await stream.write(f"{len(data)} {digest}".encode())
+    await stream.close()
+    del ctx.streams[key]
+    return len(data), digest, end
+
+
+async def conform_write(ctx: Any, key: str, method: str, size: int, how: str, seed: int) -> bytes:
+    """Write ``size`` pattern bytes with ``method`` (whole, or in 4093-byte calls/frames), then
+    half-close and read the peer's answer to the end."""
+    stream: Stream = ctx.streams[key]
+    data = pattern(size, seed)
+    pieces = [data[i : i + 4093] for i in range(0, size, 4093)] if how == "pieces" else [data]
+    for piece in pieces:
+        await (stream.write(piece) if method == "write" else stream.write_lp(piece))
+    await stream.close_write()
+    answer = await stream.read_all()
+    await stream.close()
+    del ctx.streams[key]
+    return answer
+
+
+async def conform_reset_mid_read(ctx: Any, key: str, method: str, size: int) -> list[str]:
+    """Wait in ``method`` for more than the peer sends before it resets; what each later call says."""
+    stream: Stream = ctx.streams[key]
+    outcomes = []
+    ctx.emit("reading", key)
+    for call in (
+        lambda: _read_with(stream, method, size),
+        lambda: stream.read(1),
+        lambda: stream.write(b"x"),
+        lambda: stream.close(),
+    ):
+        try:
+            await call()
+            outcomes.append("returned")
+        except Exception as exc:
+            cause = getattr(exc, "cause", None)
+            outcomes.append(f"{type(exc).__name__}:{cause.value if cause else ''}")
+    del ctx.streams[key]
+    return outcomes
+
+
+async def conform_reset_mid_write(ctx: Any, key: str, seed: int) -> str:
+    """Write pattern bytes in 64 KiB calls until the stream fails (the peer resets it)."""
+    stream: Stream = ctx.streams[key]
+    block = pattern(64 * 1024, seed)
+    ctx.emit("writing", key)
+    try:
+        for _ in range(1024):  # 64 MiB: far more than any buffer between here and the peer
+            await stream.write(block)
+        await stream.close()
+    except Exception as exc:
+        cause = getattr(exc, "cause", None)
+        return f"{type(exc).__name__}:{cause.value if cause else ''}"
+    finally:
+        del ctx.streams[key]
+    return "returned"
+
+
+async def conform_module_resets(ctx: Any, key: str, after: int, writing: bool, seed: int) -> str:
+    """Reset the stream after reading ``after`` bytes (``writing``: after writing them instead,
+    with more on the way)."""
+    stream: Stream = ctx.streams[key]
+    if writing:
+        data = pattern(4 * 1024 * 1024, seed)
+        await stream.write(data[:after])
+        more = asyncio.ensure_future(stream.write(data[after:]))
+        await asyncio.sleep(0)
+        await stream.reset()
+        with contextlib.suppress(Exception):
+            await more
+    else:
+        await stream.read_exactly(after)
+        await stream.reset()
+    del ctx.streams[key]
+    return "reset"
+
+
+async def conform_cancel(ctx: Any, key: str, method: str, size: int, timeout: float) -> tuple[str, int, str]:
+    """Cancel one call of ``method`` mid-way (its ``timeout`` runs out while it waits, with part
+    of the data buffered if the peer sent some); then read everything (read_lp: the frame, else
+    read_all): nothing may be lost."""
+    stream: Stream = ctx.streams[key]
+    one_call = {
+        "read": lambda: stream.read(65536),
+        "aiter": lambda: stream.__anext__(),
+        "read_exactly": lambda: stream.read_exactly(size),
+        "read_all": lambda: stream.read_all(),
+        "read_lp": lambda: stream.read_lp(size),
+    }[method]
+    ctx.emit("reading", key)
+    try:
+        await asyncio.wait_for(one_call(), timeout)
+        first = "returned"
+    except TimeoutError:
+        first = "timeout"
+    ctx.emit("cancelled", key)
+    data = await (stream.read_lp(size) if method == "read_lp" else stream.read_all())
+    await stream.close()
+    del ctx.streams[key]
+    return first, len(data), hashlib.sha256(data).hexdigest()
+
+
+async def conform_reply(ctx: Any, key: str, size: int, seed: int) -> bytes:
+    """Read the peer's request to its half-close, then write ``size`` pattern bytes and close."""
+    stream: Stream = ctx.streams[key]
+    request = await stream.read_all()
+    await stream.write(pattern(size, seed))
+    await stream.close()
+    del ctx.streams[key]
+    return request

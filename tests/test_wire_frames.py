@@ -96,15 +96,15 @@ async def test_nothing_after_the_peers_reset(node, recording_peer, modules, data
     theirs, key = await open_pair(direction, node, peer, module)
 
     reading = module.start("read_slowly", key, 65536, 0.004)
-    writing = module.start("write_pattern", key, 4 * REPLY, 12)
+    writing = module.start("conform_reset_mid_write", key, 12)  # writes until the stream fails
     await _libp2p.write(theirs, pattern(REPLY, seed=13))
     assert len(await p.read_exactly(theirs, 65536)) == 65536  # the module is mid-write
     await theirs.reset()
     await barrier(peer, node)
     mark = recorder.mark()
-    for call in (reading, writing):
-        with pytest.raises(StreamReset):
-            await call.result(timeout=30)
+    with pytest.raises(StreamReset):
+        await reading.result(timeout=30)
+    assert await writing.result(timeout=30) == "StreamReset:remoteReset"
     await barrier(peer, node)
 
     assert recorder.since(mark, stream_key(theirs)) == []

@@ -33,9 +33,19 @@ from collections.abc import Callable
 from typing import Any
 
 from .. import _schema
+from .._requests import MAX_CHANNEL_MESSAGE
 from .._state import State
 from .._wire import marker_to_error
-from ..errors import Cause, LogosP2PError, NodeShutdown, RPCError, StreamClosed, StreamReset, reset_error
+from ..errors import (
+    Cause,
+    InvalidArgument,
+    LogosP2PError,
+    NodeShutdown,
+    RPCError,
+    StreamClosed,
+    StreamReset,
+    reset_error,
+)
 from ._stream import _Core, _Transport
 
 log = logging.getLogger("logos_p2p.client")
@@ -323,19 +333,20 @@ class Channel:
         if self.closed:
             raise NodeShutdown("the data channel is closed")
         request = next(self._requests)
+        message = _message(
+            open={
+                "request": request,
+                "peerId": peer_id,
+                "protocols": protocols,
+                "addrs": addrs,
+                "timeoutMs": timeout_ms,
+            }
+        )
+        if len(message) > MAX_CHANNEL_MESSAGE:
+            raise InvalidArgument(f"an open request of {len(message)} bytes is over the node's {MAX_CHANNEL_MESSAGE}")
         fut: asyncio.Future[tuple[socket.socket, dict[str, Any]]] = self.loop.create_future()
         self._opens[request] = fut
-        self._send(
-            _message(
-                open={
-                    "request": request,
-                    "peerId": peer_id,
-                    "protocols": protocols,
-                    "addrs": addrs,
-                    "timeoutMs": timeout_ms,
-                }
-            )
-        )
+        self._send(message)
         try:
             return await fut
         finally:

@@ -18,6 +18,7 @@ import capnp
 
 from .. import _address, _auth, _schema
 from .._kj import kj_loop
+from .._requests import validate_open, validate_protocol_ids
 from ..errors import Cause, InvalidArgument, LogosP2PError, NodeShutdown, NodeUnavailable, StreamError, Timeout
 from ._channel import Channel
 from ._stream import Stream, Tuning, _CapabilityTransport, _Core, _Sink
@@ -255,7 +256,7 @@ class Node:
         the duration of a block.
         """
         self._check_open()
-        protos = tuple(_texts(protocols, "protocols"))
+        protos = validate_protocol_ids(_texts(protocols, "protocols"))
         channel = self._channel
         options = {"share": share, "acceptTimeoutMs": _timeout_ms(accept_timeout), "channel": channel is not None}
         with translate(self._is_shutting_down):
@@ -304,6 +305,7 @@ class Node:
         protocols = _texts(protocols, "protocols")
         addrs = _texts(addrs, "addrs")
         [peer_id] = _texts([peer_id], "peer_id")
+        validate_open(peer_id, protocols, addrs)  # the node's bounds, checked before sending
         if self._channel is not None:
             return await self._open_on_channel(self._channel, peer_id, protocols, addrs, timeout)
         core = _Core(0)

@@ -1,0 +1,56 @@
+"""What one request may carry: the bounds both the node and the client library check.
+
+The node checks every request it gets (a module may be written without this
+library); the client checks the same bounds before it sends, so a module using
+the library gets :class:`~logos_p2p.errors.InvalidArgument` at once instead of
+a refusal from the node -- or, on the data channel, a datagram the node cannot
+read.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Final
+
+from .errors import InvalidArgument
+
+MAX_PROTOCOL_ID: Final = 512  # bytes; multistream-select frames are short lines
+MAX_PROTOCOLS: Final = 64  # protocol ids in one register or open
+MAX_DIAL_ADDRS: Final = 64  # addresses one open request may ask the node to dial
+MAX_ADDR: Final = 1024  # bytes of one multiaddr
+MAX_PEER_ID: Final = 128  # bytes of a peer id (base58 of a multihash: 46-52 in practice)
+MAX_CHANNEL_MESSAGE: Final = 64 * 1024  # the largest data channel message the node accepts
+
+
+def validate_protocol_ids(protocols: Iterable[str], max_count: int = MAX_PROTOCOLS) -> tuple[str, ...]:
+    """Check and de-duplicate protocol ids; raise InvalidArgument."""
+    out: list[str] = []
+    for proto in protocols:
+        if not isinstance(proto, str) or not proto:
+            raise InvalidArgument("a protocol id must be a non-empty string")
+        if not proto.startswith("/"):
+            raise InvalidArgument(f"a protocol id must start with '/': {proto!r}")
+        if len(proto.encode()) > MAX_PROTOCOL_ID:
+            raise InvalidArgument(f"a protocol id must be at most {MAX_PROTOCOL_ID} bytes")
+        if any(ch in proto for ch in "\n\r\0") or not proto.isprintable():
+            raise InvalidArgument(f"a protocol id must be printable, on one line: {proto!r}")
+        if proto not in out:
+            out.append(proto)
+        if len(out) > max_count:
+            raise InvalidArgument(f"at most {max_count} protocol ids per call")
+    if not out:
+        raise InvalidArgument("at least one protocol id is needed")
+    return tuple(out)
+
+
+def validate_open(peer_id: str, protocols: Iterable[str], addrs: Iterable[str]) -> tuple[str, ...]:
+    """The protocol ids of an open request, checked along with its peer id and addresses."""
+    if len(peer_id.encode()) > MAX_PEER_ID:
+        raise InvalidArgument(f"a peer id is at most {MAX_PEER_ID} bytes")
+    ids = validate_protocol_ids(protocols)
+    for count, addr in enumerate(addrs, 1):
+        if count > MAX_DIAL_ADDRS:
+            raise InvalidArgument(f"at most {MAX_DIAL_ADDRS} addresses")
+        if len(addr.encode()) > MAX_ADDR:
+            raise InvalidArgument(f"a multiaddr is at most {MAX_ADDR} bytes")
+    return ids

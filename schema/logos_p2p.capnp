@@ -111,6 +111,22 @@ struct ModuleStatus {
   bytesIn @6 :UInt64;         # bytes received from remote peers for this module
   bytesOut @7 :UInt64;        # bytes written to remote peers by this module
   bufferedBytes @8 :UInt64;   # bytes held by the node for this module's streams
+  badMessages @9 :UInt64;     # data channel messages the node dropped or refused
+}
+
+struct ScopeUse {
+  # One resource of one scope of the node's resource manager, against its limit.
+  scope @0 :Text;     # "system", "transient", "module:<id>", "protocol:<id>", "peer:<id>", "source:<ip>"
+  resource @1 :Text;  # "streamsIn", "streamsOut", "streams", "memory" (bytes), "fds", "connsIn", ...
+  used @2 :UInt64;
+  limit @3 :UInt64;
+}
+
+struct Refusals {
+  # Admissions refused since start, by the kind of scope that had no room and the resource.
+  scope @0 :Text;     # "system", "transient", "module", "protocol", "peer", "source"
+  resource @1 :Text;
+  count @2 :UInt64;
 }
 
 struct CauseCount {
@@ -127,6 +143,9 @@ struct Status {
   streamsTotal @5 :UInt64;    # streams bridged since start
   tasks @6 :UInt32;           # node tasks serving streams and calls in progress (0 when idle)
   authFailures @7 :UInt64;    # TCP RPC clients refused since start (wrong, no or late token proof)
+  limits @8 :List(ScopeUse);  # the node-wide, transient, module and protocol scopes, and the busiest peers
+  refusals @9 :List(Refusals);
+  reservations @10 :UInt32;   # grants and memory accounts held (0 when the node is idle)
 }
 
 interface Node {

@@ -55,8 +55,8 @@ def node_factory(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Cal
     nodes: list[NodeProcess] = []
     counter = iter(range(100))
 
-    def make(*args: str, rpc: str | None = None) -> NodeProcess:
-        node = start_node(tmp_path / f"node{next(counter)}", *args, rpc=rpc)
+    def make(*args: str, rpc: str | None = None, nofile: int | None = None) -> NodeProcess:
+        node = start_node(tmp_path / f"node{next(counter)}", *args, rpc=rpc, nofile=nofile)
         nodes.append(node)
         return node
 

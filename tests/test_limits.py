@@ -84,7 +84,7 @@ async def test_streams_per_module_are_capped_both_ways(node_factory, peer, modul
     held = [await held_inbound(node, peer, module, PROTO) for _ in range(2)]
     peer.serve_echo("/echo/1.0.0")
     await module.call("open_stream", "o1", peer.peer_id, ["/echo/1.0.0"], [peer.addr], 10)
-    with pytest.raises(LimitExceeded, match="3 open streams"):  # a fourth, outbound
+    with pytest.raises(LimitExceeded, match=r"module:\d+: 3 streams"):  # a fourth, outbound
         await module.call("open_stream", "o2", peer.peer_id, ["/echo/1.0.0"], [peer.addr], 10)
     await p.reset_while_opening(peer, node.addr, [PROTO])  # a fourth, inbound
     assert await resets(node) == {"limitExceeded": 1}

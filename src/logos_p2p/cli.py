@@ -7,6 +7,7 @@ import json
 import logging
 import signal
 import sys
+from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
@@ -51,7 +52,6 @@ def _parser() -> argparse.ArgumentParser:
     limits.add_argument(
         "--idle-timeout", type=float, default=300.0, metavar="S", help="reset a stream idle this long (0: never)"
     )
-    limits.add_argument("--max-streams-per-module", type=_positive, default=4096, metavar="N")
     limits.add_argument("--max-registrations-per-module", type=_positive, default=1024, metavar="N")
     limits.add_argument(
         "--max-stream-buffer",
@@ -75,6 +75,21 @@ def _parser() -> argparse.ArgumentParser:
         help="largest RPC message the node reads (Cap'n Proto's traversal limit): "
         "a module sending a bigger one loses its connection",
     )
+    limits.add_argument(
+        "--channel-outbox",
+        type=_positive,
+        default=256,
+        metavar="N",
+        help="stream announcements that may wait for a module reading its data channel; then new streams are reset",
+    )
+    resources = serve.add_argument_group(
+        "resource limits", "checked before the node takes anything; 0 derives a default at start (see the README)"
+    )
+    from .server._resources import resource_flags
+
+    for name, flag, unit, default, text in resource_flags():
+        shown = "derived" if default == 0 else str(default)
+        resources.add_argument(flag, dest=name, type=_count, default=default, metavar=unit, help=f"{text} [{shown}]")
     serve.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
 
     status = sub.add_parser("status", help="print what a running node holds, as JSON")
@@ -89,6 +104,16 @@ def _positive(text: str) -> int:
     value = int(text)
     if value <= 0:
         raise argparse.ArgumentTypeError(f"must be a positive integer: {text}")
+    return value
+
+
+def _count(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a whole number: {text}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must not be negative: {text}")
     return value
 
 
@@ -107,6 +132,7 @@ def _serve(args: argparse.Namespace) -> int:
     from .server import NodeConfig, NodeService, _debug
     from .server._bridge import Limits
     from .server._libp2p import parse_addr, quiet_libp2p_logs
+    from .server._resources import ResourceLimits
 
     try:  # bad arguments fail before anything starts
         if args.rpc:
@@ -126,6 +152,12 @@ def _serve(args: argparse.Namespace) -> int:
         problem = f"--max-stream-buffer and --max-rpc-message must be at least {MIN_BUFFER} bytes"
     elif not MIN_WRITE <= args.max_write <= min(args.max_stream_buffer, args.max_rpc_message // 2):
         problem = f"--max-write must be in {MIN_WRITE}..min(--max-stream-buffer, --max-rpc-message / 2)"
+    resources = ResourceLimits(**{f.name: getattr(args, f.name) for f in fields(ResourceLimits)})
+    if not problem:
+        try:
+            resources.check()
+        except ValueError as exc:
+            problem = str(exc)
     if problem:
         print(f"logos-p2p serve: {problem}", file=sys.stderr)
         return 2
@@ -135,10 +167,11 @@ def _serve(args: argparse.Namespace) -> int:
         muxer=args.muxer,
         accept_timeout=args.accept_timeout,
         token_file=args.token_file,
-        max_streams_per_module=args.max_streams_per_module,
         max_registrations_per_module=args.max_registrations_per_module,
         rpc_traversal_limit_words=args.max_rpc_message // 8,
+        channel_outbox=args.channel_outbox,
         limits=Limits(idle_timeout=args.idle_timeout, tx_hard_limit=args.max_stream_buffer, max_write=args.max_write),
+        resources=resources,
     )
     if args.listen:
         config.listen = args.listen

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import json
 import os
+import resource
 import selectors
 import signal
 import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -58,16 +60,31 @@ class NodeProcess:
     def log(self) -> str:
         return (self.workdir / "node.log").read_text(errors="replace")
 
+    def rss(self) -> int:
+        """The node's resident memory, in bytes."""
+        with open(f"/proc/{self.pid}/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
-def start_node(workdir: Path, *args: str, rpc: str | None = None, timeout: float = 20.0) -> NodeProcess:
-    """Start a node on 127.0.0.1 with its RPC socket in ``workdir``; wait for its ready line."""
+    def fds(self) -> int:
+        """Descriptors the node holds open."""
+        return len(os.listdir(f"/proc/{self.pid}/fd"))
+
+
+def start_node(
+    workdir: Path, *args: str, rpc: str | None = None, timeout: float = 20.0, nofile: int | None = None
+) -> NodeProcess:
+    """Start a node on 127.0.0.1 with its RPC socket in ``workdir``; wait for its ready line.
+
+    ``nofile``: the node's RLIMIT_NOFILE, soft and hard (as ``prlimit --nofile=N:N``).
+    """
     workdir.mkdir(parents=True, exist_ok=True)
     rpc = rpc or f"unix:{workdir / 'node.sock'}"
     argv = [sys.executable, "-m", "logos_p2p", "serve", "--rpc", rpc, "--log-level", "debug", *args]
     if "--listen" not in args:
         argv += ["--listen", "/ip4/127.0.0.1/tcp/0"]
     log = open(workdir / "node.log", "wb")  # noqa: SIM115 - closed with the process
-    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=log, stdin=subprocess.DEVNULL)
+    limit = None if nofile is None else partial(resource.setrlimit, resource.RLIMIT_NOFILE, (nofile, nofile))
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=log, stdin=subprocess.DEVNULL, preexec_fn=limit)
     node = NodeProcess(proc, workdir)
     try:
         line = _read_line(proc, timeout)

@@ -596,3 +596,104 @@ async def conform_reply(ctx: Any, key: str, size: int, seed: int) -> bytes:
     await stream.close()
     del ctx.streams[key]
     return request
+
+
+async def register_hold_all(ctx: Any, key: str, protocols: list[str]) -> list[str]:
+    """Register protocols whose handler keeps every stream open and never reads (no events)."""
+
+    async def hold(stream: Stream) -> None:
+        await asyncio.Event().wait()
+
+    reg = await ctx.node.register(protocols, hold, share=False)
+    ctx.registrations[key] = reg
+    return list(reg.protocols)
+
+
+# -- a module that breaks the rules (tests/test_admission.py) -------------------------------------
+
+
+async def raw_datagram(ctx: Any, key: str, size: int) -> str:
+    """Send one 'D' datagram of ``size`` bytes on a socket stream, as a module without our
+    library might; then what a read says."""
+    stream = ctx.streams[key]
+    stream._t._sock.send(b"D" + b"x" * size)
+    try:
+        await stream.read(10)
+    except Exception as exc:
+        return f"{type(exc).__name__}:{getattr(getattr(exc, 'cause', None), 'value', '')}"
+    return "read"
+
+
+async def channel_garbage(ctx: Any, datagrams: list[bytes]) -> int:
+    """Send raw datagrams on the data channel; then a round trip, so the node has read them."""
+    channel = ctx.node._channel
+    for data in datagrams:
+        channel.sock.send(data)
+    await ctx.node.status()
+    return len(datagrams)
+
+
+async def raw_open(ctx: Any, fields: dict[str, Any]) -> str:
+    """Send an open request built by hand on the data channel (no client checks); what the
+    node answers: the error type, or "opened"."""
+    from logos_p2p import _schema
+
+    channel = ctx.node._channel
+    request = next(channel._requests)
+    fut = asyncio.get_running_loop().create_future()
+    channel._opens[request] = fut
+    channel.sock.send(_schema.channel_message(open={"request": request, **fields}))
+    try:
+        sock, _info = await asyncio.wait_for(fut, 10)
+    except Exception as exc:
+        return type(exc).__name__
+    sock.close()
+    return "opened"
+
+
+async def pause_channel(ctx: Any) -> None:
+    """Stop reading the data channel (a module busy elsewhere)."""
+    channel = ctx.node._channel
+    channel.loop.remove_reader(channel.sock.fileno())
+
+
+async def resume_channel(ctx: Any) -> None:
+    channel = ctx.node._channel
+    channel.loop.add_reader(channel.sock.fileno(), channel._on_readable)
+    await ctx.node.status()
+
+
+async def many_calls(ctx: Any, what: str, n: int, *args: Any) -> dict[str, int]:
+    """Start ``n`` calls at once (``open``: open_stream(*args); ``dial``: connect_peer(*args);
+    ``wait``: the node's waitShutdown); count how each ended within 1 s."""
+    node = ctx.node
+    if what == "open":
+        make = lambda: node.open_stream(*args)  # noqa: E731
+    elif what == "dial":
+        make = lambda: node.connect_peer(*args)  # noqa: E731
+    else:
+        make = lambda: node._cap.waitShutdown()  # noqa: E731
+    calls = [asyncio.ensure_future(make()) for _ in range(n)]
+    done, pending = await asyncio.wait(calls, timeout=1.0)
+    counts: dict[str, int] = {}
+    from logos_p2p.client._translate import to_error
+
+    for call in done:
+        exc = call.exception()
+        name = "ok" if exc is None else type(to_error(exc, False) if what == "wait" else exc).__name__
+        counts[name] = counts.get(name, 0) + 1
+    for call in pending:
+        call.cancel()
+    counts["pending"] = len(pending)
+    return counts
+
+
+async def write_expect_error(ctx: Any, key: str, size: int) -> str:
+    """Write ``size`` bytes in one call and flush them; the error type, or "written"."""
+    stream = ctx.streams[key]
+    try:
+        await stream.write(b"m" * size)
+        await stream._t.flush()
+    except Exception as exc:
+        return f"{type(exc).__name__}: {exc}"
+    return "written"

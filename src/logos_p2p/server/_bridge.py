@@ -35,7 +35,7 @@ import itertools
 import logging
 import time
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from functools import partial
 from typing import TYPE_CHECKING, Any, Protocol
@@ -59,6 +59,8 @@ from ._handoff import Loops, Wakeup
 
 if TYPE_CHECKING:
     from libp2p.abc import INetStream
+
+    from ._resources import StreamSlot
 
 log = logging.getLogger("logos_p2p.node")
 
@@ -117,11 +119,16 @@ class Bridge:
         owner: Owner,
         loops: Loops,
         limits: Limits,
+        slot: StreamSlot,
     ) -> None:
         self.net = net_stream
         self.owner = owner
         self.loops = loops
         self.limits = limits
+        # the stream's place in the resource manager, and the bytes the bridge holds
+        self.slot = slot
+        assert slot.account is not None, "a bridged stream belongs to a module"
+        self.memory = slot.account
         self.info = StreamInfo(
             id=next(_ids),
             protocol=str(net_stream.get_protocol() or ""),
@@ -147,6 +154,7 @@ class Bridge:
         self.eof_wanted = False
         self.eof_sent = False
         self.tx_changed = Wakeup()
+        self.passing = 0  # bytes on their way through the node outside rx and tx (socket streams)
         # the wire and the books
         self.wire_error: StreamReset | None = None
         self.wire_released = False
@@ -159,6 +167,19 @@ class Bridge:
     def __repr__(self) -> str:
         i = self.info
         return f"<Bridge #{i.id} {i.direction} {i.protocol} {self.state!r}>"
+
+    def _rx_held(self) -> int:
+        """Inbound bytes the node holds for the module: buffered, and pushed but not answered
+        (one bound for both: a module that stops answering stops the pump)."""
+        return len(self.rx) + self.push_inflight
+
+    def _meter(self) -> None:
+        """Charge what the bridge holds now to the stream's memory account.
+
+        A push in flight counts twice: the RPC system keeps its message until the
+        module answers, beside the bytes the node still holds.
+        """
+        self.memory.set(len(self.rx) + 2 * self.push_inflight + self.tx_bytes + self.passing)
 
     @property
     def buffered(self) -> int:
@@ -206,16 +227,44 @@ class Bridge:
         finally:
             self.tasks -= 1
 
+    async def _unless_wire_ends(self, wait: Callable[[], Awaitable[Any]]) -> bool:
+        """Run ``wait`` (for room in a full buffer); False if the wire ended abortively first.
+
+        While its buffers are full a bridge reads nothing from libp2p, so nothing else
+        would tell it that the peer reset the stream or the connection died: the stream
+        and its tasks would live until the module read again, or the idle timeout.
+        """
+        ended = False
+
+        async def watch(scope: trio.CancelScope) -> None:
+            nonlocal ended
+            await _libp2p.wait_ended(self.net)
+            ended = True
+            scope.cancel()
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(watch, nursery.cancel_scope)
+            await wait()
+            nursery.cancel_scope.cancel()
+        return not ended
+
+    def _wire_ended(self) -> None:
+        """The wire ended under a waiting bridge (see :meth:`_unless_wire_ends`)."""
+        cause = _libp2p.end_cause(self.net) or Cause.CONNECTION_LOST
+        self.reset(cause, f"{cause.value} while the module was not reading", from_wire=True)
+
     async def _pump(self) -> None:
         if self.wire_released or self.state.is_reset:
             return
         limits = self.limits
         with self._task():
             while True:
-                while self.state.state is not State.CLOSED and len(self.rx) >= max(limits.rx_buffer, self.rx_need):
+                while self.state.state is not State.CLOSED and self._rx_held() >= max(limits.rx_buffer, self.rx_need):
                     if self.wire_released:
                         return
-                    await self.rx_changed.wait_trio()
+                    if not await self._unless_wire_ends(self.rx_changed.wait_trio):
+                        self._wire_ended()
+                        return
                 if self.wire_released:
                     return
                 try:
@@ -231,6 +280,7 @@ class Bridge:
                 if self.state.state is State.CLOSED:
                     continue  # closed by the module: drain and drop
                 self.rx += data
+                self._meter()
                 self.rx_changed.notify()
 
     async def _linger(self) -> None:
@@ -271,6 +321,7 @@ class Bridge:
                         self.reset(exc.cause, str(exc), from_wire=True)
                         return
                     self.tx_bytes -= size
+                    self._meter()
                     self.bytes_out += size
                     self.owner.account(self, bytes_out=size)
                     self.tx_changed.notify()
@@ -314,6 +365,7 @@ class Bridge:
             self.rx.clear()
         self.tx.clear()
         self.tx_bytes = 0
+        self._meter()
         if not self.wire_released:
             self.wire_released = True
             self.loops.spawn_trio(partial(_libp2p.reset, self.net))
@@ -335,6 +387,7 @@ class Bridge:
         node shutdown) and one whose both directions ended is simply let go.
         """
         self.rx.clear()
+        self._meter()
         self.eof_delivered = True
         state = self.state.state
         if linger and (state is State.CLOSED or (state is State.DONE and self.eof_sent)):
@@ -354,6 +407,7 @@ class Bridge:
         self.sink = None
         self.owner.forget(self)
         self._on_detach()
+        self.slot.release()
         log.debug("%r: done", self)
 
     def _tell_module_reset(self, cause: Cause, message: str) -> None:
@@ -398,6 +452,7 @@ class Bridge:
 
     def _push_done(self, n: int, fut: asyncio.Future[Any]) -> None:
         self.push_inflight -= n
+        self._meter()
         failed = fut.cancelled() or fut.exception() is not None
         if failed and self.state.state not in (State.RESET, State.CLOSED):
             self.abandon(Cause.MODULE_GONE, "pushing to the module failed", linger=False)
@@ -422,6 +477,7 @@ class Bridge:
         if drop:
             del self.rx[:drop]
             self.rx_base = position
+            self._meter()
             self.rx_changed.notify()
 
     async def read_aio(self, max_bytes: int, position: int) -> tuple[bytes, int, bool]:
@@ -493,6 +549,7 @@ class Bridge:
                 f"more than {self.limits.tx_hard_limit} bytes queued; keep a window of writes in flight"
             )
         if data:
+            self.memory.charge(len(data))  # LimitExceeded: the module's or the node's memory is full
             self.tx.append(data)
             self.tx_bytes += len(data)
             self.tx_changed.notify()
@@ -521,6 +578,7 @@ class Bridge:
         writable = self.state.state in WRITABLE
         self.state.handle(Event.CLOSE)
         self.rx.clear()
+        self._meter()
         self.rx_changed.notify()
         if writable:
             self.eof_wanted = True

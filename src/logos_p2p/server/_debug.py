@@ -25,6 +25,8 @@ from typing import TYPE_CHECKING, Any
 
 import trio
 
+from . import _libp2p
+
 if TYPE_CHECKING:
     from ._node import NodeService
 
@@ -104,7 +106,7 @@ def _node_lines(node: NodeService) -> Iterator[str]:
             f"{len(session.bridges)} streams, data channel {channel}"
         )
         for bridge in list(session.bridges.values()):
-            yield f"  {bridge!r} tasks={bridge.tasks} buffered={bridge.buffered}"
+            yield f"  {bridge!r} tasks={bridge.tasks} buffered={bridge.buffered} wire: {_libp2p.describe(bridge.net)}"
 
 
 def _descriptors() -> Iterator[str]:

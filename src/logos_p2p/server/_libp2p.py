@@ -8,13 +8,13 @@ py-libp2p 0.8.1 gaps closed here (each one small and documented):
 1. **A remote reset reads as end of stream.** yamux removes a reset stream
    from its table before the waiting reader wakes, so the pending ``read``
    raises ``StreamEOF``; but it records ``reset_received`` first, so
-   :func:`_eof_cause` reads the truth after every ``StreamEOF`` (and the
+   :func:`end_cause` reads the truth after every ``StreamEOF`` (and the
    connection's ``event_shutting_down`` for a lost connection). mplex's
    ``_handle_reset`` closes the stream's message channel -- waking the
    reader -- *before* it sets ``event_reset``, so the reader cannot know;
    :func:`install_fixes` wraps it to set ``event_reset`` first (seen with
    js-libp2p's ``abort()`` over mplex: half the resets read as a clean end).
-   When in doubt :func:`_eof_cause` reports a lost connection rather than a
+   When in doubt :func:`end_cause` reports a lost connection rather than a
    clean end: mistaking a truncated stream for a complete one would lose
    bytes silently.
 2. **mplex is not full duplex.** ``MplexStream.read`` holds the stream's
@@ -29,12 +29,18 @@ py-libp2p 0.8.1 gaps closed here (each one small and documented):
    reads as a reset: a peer that pauses reading would break the stream.
    :func:`write` never hands yamux more than the current send window, so its
    timeout path is never taken; a slow reader only slows the writer.
-4. **A local reset leaves a pending yamux read waiting forever.**
-   ``YamuxStream.reset`` drops the stream's wake-up event from the
-   connection's table without setting it, so a reader already waiting on it
-   never returns. :func:`reset` sets it after resetting; the reader then sees
-   the stream gone. (Cancelling the reader instead is not safe: py-libp2p
-   reads and writes are not cancel-safe, see ``_bridge``.)
+4. **A stream dropped from yamux's table leaves its reader waiting forever.**
+   ``Yamux._finalize_stream_locked`` (after a local reset, a reset or FIN
+   from the peer, or a read that drained a closed stream) and the stale-stream
+   sweeper drop the stream's wake-up event without setting it, so a reader
+   already waiting on it never returns. Setting the event we saw before a
+   reset was not enough: a reader woken by data between the two renews the
+   event, waits on the new one, and the reset drops that (seen under a byte
+   flood: streams refused for memory kept their pump tasks after the
+   connection died). :func:`install_fixes` makes both set the events they
+   drop; the reader then sees the stream gone. (Cancelling the reader instead
+   is not safe: py-libp2p reads and writes are not cancel-safe, see
+   ``_bridge``.)
 
 5. **A cancelled write breaks the whole connection.** Noise numbers each
    message: ``write_msg`` encrypts (using up a nonce) and then awaits the
@@ -72,6 +78,7 @@ descriptions; 3 is by design there ("yamux has no deadlines").
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import functools
 import ipaddress
 import logging
@@ -89,10 +96,13 @@ from libp2p.crypto.ed25519 import create_new_key_pair
 from libp2p.crypto.keys import KeyPair
 from libp2p.custom_types import TProtocol
 from libp2p.identity_utils import load_identity, save_identity
+from libp2p.network.config import ConnectionConfig
+from libp2p.network.connection.swarm_connection import SwarmConn
 from libp2p.network.exceptions import SwarmException
 from libp2p.network.stream.exceptions import StreamClosed as Libp2pStreamClosed
 from libp2p.network.stream.exceptions import StreamEOF
 from libp2p.network.stream.exceptions import StreamError as Libp2pStreamError
+from libp2p.network.swarm import Swarm
 from libp2p.peer.id import ID
 from libp2p.peer.peerinfo import PeerInfo, info_from_p2p_addr
 from libp2p.protocol_muxer.exceptions import MultiselectClientError
@@ -101,13 +111,15 @@ from libp2p.stream_muxer.exceptions import MuxedConnUnavailable, MuxedStreamErro
 from libp2p.stream_muxer.mplex.constants import CHUNK_SIZE as MPLEX_CHUNK
 from libp2p.stream_muxer.mplex.mplex import Mplex
 from libp2p.stream_muxer.mplex.mplex_stream import MplexStream
+from libp2p.stream_muxer.yamux.yamux import DEFAULT_WINDOW_SIZE as YAMUX_DEFAULT_WINDOW
 from libp2p.stream_muxer.yamux.yamux import HEADER_SIZE as YAMUX_HEADER_SIZE
 from libp2p.stream_muxer.yamux.yamux import MAX_MESSAGE_SIZE as YAMUX_MAX_MESSAGE
-from libp2p.stream_muxer.yamux.yamux import YamuxStream
+from libp2p.stream_muxer.yamux.yamux import Yamux, YamuxStream
 
 from ..errors import (
     Cause,
     InvalidArgument,
+    LimitExceeded,
     LogosP2PError,
     NegotiationFailed,
     PeerUnreachable,
@@ -116,6 +128,7 @@ from ..errors import (
     Timeout,
     reset_error,
 )
+from . import _resources as res
 
 log = logging.getLogger("logos_p2p.node")
 
@@ -179,6 +192,9 @@ def install_fixes() -> None:
     Mplex._handle_reset = handle_reset  # type: ignore[method-assign]
     SecureSession.write = _whole_write(SecureSession.write)  # type: ignore[method-assign]
     YamuxStream.send_window_update = _while_receiving(YamuxStream.send_window_update)  # type: ignore[method-assign]
+    Yamux._finalize_stream_locked = _waking_its_reader(Yamux._finalize_stream_locked)  # type: ignore[method-assign]
+    Yamux._sweep_stale_streams = _waking_dropped_readers(Yamux._sweep_stale_streams)  # type: ignore[method-assign]
+    _install_gate_hooks()
     _fixes_installed = True
 
 
@@ -202,6 +218,35 @@ def _whole_write(original: Any) -> Any:
     return write
 
 
+def _waking_its_reader(original: Any) -> Any:
+    """Fix 4: finalizing a stream that leaves yamux's table wakes its reader."""
+
+    @functools.wraps(original)
+    def finalize(self: Yamux, stream: YamuxStream, *args: Any, **kwargs: Any) -> Any:
+        event = self.stream_events.get(stream.stream_id)
+        result = original(self, stream, *args, **kwargs)
+        if event is not None and stream.stream_id not in self.stream_events:
+            event.set()
+        return result
+
+    return finalize
+
+
+def _waking_dropped_readers(original: Any) -> Any:
+    """Fix 4: the sweeper's dropping streams from a yamux connection's table wakes their readers."""
+
+    @functools.wraps(original)
+    def drop(self: Yamux, *args: Any, **kwargs: Any) -> Any:
+        events = dict(self.stream_events)
+        result = original(self, *args, **kwargs)
+        for sid, event in events.items():
+            if sid not in self.stream_events:
+                event.set()
+        return result
+
+    return drop
+
+
 def _while_receiving(original: Any) -> Any:
     """Fix 6: no window update once the peer's FIN or RST arrived (or the stream is gone)."""
 
@@ -212,6 +257,348 @@ def _while_receiving(original: Any) -> Any:
         await original(self, increment, skip_lock)
 
     return send_window_update
+
+
+# -- the node's admission, inside py-libp2p ------------------------------------------------
+#
+# py-libp2p takes resources where the node cannot see them: it accepts and
+# upgrades connections, accepts streams and negotiates their protocol, and its
+# yamux buffers whatever a peer sends within the windows it granted. A Gate,
+# installed on the node's host only (not on the test peers of the same
+# process), has the node's resource manager decide at each of those points:
+#
+# * a connection is charged a descriptor and a place in the transient and
+#   source scopes while it upgrades, then in its peer's scope until it closes;
+# * an inbound stream is charged before its protocol is negotiated (a
+#   StreamSlot, in the transient scope until the node's handler binds it to a
+#   protocol and a module), and an exception in a protocol handler resets that
+#   stream instead of ending the connection's (or the swarm's) nursery;
+# * a yamux stream's receive window is capped at the limits' stream_window,
+#   the bytes in its buffer are charged to the peer's memory as they arrive
+#   and released as they are read, and a frame beyond the window the peer was
+#   given (a protocol violation) or beyond the peer's share of the memory is
+#   dropped and the stream reset.
+
+
+class Refused(SwarmException):
+    """A connection the resource manager refused (py-libp2p's own exception type, so the
+    swarm treats it as a failed upgrade); ``error`` is the LimitExceeded."""
+
+    def __init__(self, error: LimitExceeded) -> None:
+        super().__init__(str(error))
+        self.error = error
+
+
+class Gate:
+    """The node's resource manager as py-libp2p's hooks see it (see the comment above)."""
+
+    def __init__(self, rm: res.ResourceManager, spawn: Any) -> None:
+        self.rm = rm
+        self.spawn = spawn  # spawn(async_fn): run a trio task in the node's nursery
+        self.window = rm.limits.stream_window
+        self.handler_failures = 0
+        self._last_failure_log = -math.inf
+
+    def handler_failed(self, net_peer: str, exc: BaseException) -> None:
+        """A protocol handler raised: that stream is reset; log at most once per 10 s."""
+        self.handler_failures += 1
+        now = trio.current_time()
+        if now - self._last_failure_log >= res.LOG_INTERVAL:
+            self._last_failure_log = now
+            log.warning(
+                "a stream from %s failed in its handler (%d so far), reset: %s: %s",
+                net_peer,
+                self.handler_failures,
+                type(exc).__name__,
+                exc,
+            )
+
+
+def install_gate(host: IHost, gate: Gate) -> None:
+    """Have ``gate`` decide admission on ``host`` (see the comment above)."""
+    install_fixes()
+    host.get_network()._logos_gate = gate  # type: ignore[attr-defined]
+
+
+def _gate_of(swarm: Any) -> Gate | None:
+    return getattr(swarm, "_logos_gate", None)
+
+
+class _Books:
+    """What one gated connection holds: its grants, and its muxer's buffered bytes."""
+
+    __slots__ = ("grants", "memory", "peer")
+
+    def __init__(self, grants: list[res.Grant], memory: res.MemoryAccount, peer: str) -> None:
+        self.grants = grants
+        self.memory = memory
+        self.peer = peer
+
+    def close(self) -> None:
+        for grant in self.grants:
+            grant.release()
+        self.memory.close()
+
+
+def _books(conn: Any) -> _Books | None:
+    return getattr(conn, "_logos_books", None)
+
+
+def _endpoint_ip(conn: Any) -> str:
+    try:
+        endpoint = conn.get_remote_address()
+    except Exception:
+        endpoint = None
+    return str(endpoint[0]) if endpoint else "unknown"
+
+
+def _release_all(grants: list[res.Grant]) -> None:
+    for grant in grants:
+        grant.release()
+
+
+def _adopt_connection(gate: Gate, muxed: Any, grants: list[res.Grant]) -> None:
+    """Book a connection until it closes: its grants, its muxer's memory (before it starts)."""
+    peer = str(muxed.peer_id)
+    books = _Books(grants, gate.rm.memory_account(gate.rm.peer(peer)), peer)
+    muxed._logos_books = books
+    if isinstance(muxed, Yamux):  # not started yet: no frame has been read
+        muxed.stream_buffers = _Buffers(muxed, books, gate)
+
+    async def release_when_closed() -> None:
+        try:
+            await muxed.event_closed.wait()
+        finally:
+            books.close()
+
+    gate.spawn(release_when_closed)
+
+
+class _Upgrade:
+    """The grants of the connection this task is upgrading, until ``add_conn`` adopts them."""
+
+    __slots__ = ("adopted", "grants", "source")
+
+    def __init__(self, grants: list[res.Grant], source: res.Scope | None) -> None:
+        self.grants = grants
+        self.source = source  # inbound: the source scope it is charged to while upgrading
+        self.adopted = False
+
+
+_upgrading: contextvars.ContextVar[_Upgrade | None] = contextvars.ContextVar("logos_p2p_upgrading", default=None)
+
+
+def _gated_upgrade(original: Any, direction: str) -> Any:
+    """Charge a descriptor and a connection before py-libp2p upgrades a raw connection."""
+
+    @functools.wraps(original)
+    async def upgrade(self: Swarm, raw_conn: Any, *args: Any, **kwargs: Any) -> Any:
+        gate = _gate_of(self)
+        if gate is None:
+            return await original(self, raw_conn, *args, **kwargs)
+        rm = gate.rm
+        grants: list[res.Grant] = []
+        source = None
+        try:
+            grants.append(rm.grant(res.FDS))
+            if direction == "inbound":
+                source = rm.source(_endpoint_ip(raw_conn))
+                grants.append(rm.grant(res.CONNS_IN, rm.transient, source))
+            else:
+                grants.append(rm.grant(res.CONNS_OUT, rm.peer(str(args[0]))))
+        except LimitExceeded as exc:
+            _release_all(grants)
+            with contextlib.suppress(Exception):
+                await raw_conn.close()
+            raise Refused(exc) from None
+        upgrading = _Upgrade(grants, source)
+        token = _upgrading.set(upgrading)
+        try:
+            return await original(self, raw_conn, *args, **kwargs)
+        finally:
+            _upgrading.reset(token)
+            if not upgrading.adopted:
+                _release_all(grants)
+
+    return upgrade
+
+
+def _gated_add_conn(original: Any) -> Any:
+    """Admit an upgraded connection into its peer's scope, and book it, before it starts."""
+
+    @functools.wraps(original)
+    async def add_conn(self: Swarm, muxed_conn: Any, *args: Any, **kwargs: Any) -> Any:
+        gate = _gate_of(self)
+        upgrading = _upgrading.get()
+        if gate is None or upgrading is None or upgrading.adopted:
+            return await original(self, muxed_conn, *args, **kwargs)
+        rm = gate.rm
+        try:
+            if upgrading.source is not None:  # inbound: now we know who it is
+                upgrading.grants[1].move(drop=[rm.transient, upgrading.source], add=[rm.peer(str(muxed_conn.peer_id))])
+        except LimitExceeded as exc:
+            with contextlib.suppress(Exception):
+                await muxed_conn.close()
+            raise Refused(exc) from None
+        upgrading.adopted = True
+        _adopt_connection(gate, muxed_conn, upgrading.grants)
+        return await original(self, muxed_conn, *args, **kwargs)
+
+    return add_conn
+
+
+def _gated_stream_handler(original: Any) -> Any:
+    """Admit an inbound stream before py-libp2p negotiates it; contain its handler's errors."""
+
+    @functools.wraps(original)
+    async def handle(self: SwarmConn, muxed_stream: Any) -> None:
+        gate = _gate_of(self.swarm)
+        if gate is None:
+            await original(self, muxed_stream)
+            return
+        peer = str(self.muxed_conn.peer_id)
+        try:
+            slot = gate.rm.stream("inbound", peer)
+        except LimitExceeded:
+            with contextlib.suppress(Exception):
+                await muxed_stream.reset()
+            _wake_reader(muxed_stream)
+            return
+        muxed_stream._logos_slot = slot
+        try:
+            await original(self, muxed_stream)
+        except Exception as exc:
+            gate.handler_failed(peer, exc)
+            with contextlib.suppress(Exception):
+                await muxed_stream.reset()
+            _wake_reader(muxed_stream)
+        finally:
+            slot.negotiated()
+            if slot.account is None:  # no module took it: nothing will hold it any more
+                slot.release()
+
+    return handle
+
+
+def stream_slot(net_stream: INetStream) -> res.StreamSlot | None:
+    """The slot the gate gave an inbound stream (None on an ungated host)."""
+    return getattr(net_stream.muxed_stream, "_logos_slot", None)
+
+
+def _refuse(gate: Gate, muxed: YamuxStream, cause: Cause, message: str) -> None:
+    """Drop what a peer sent on ``muxed`` and reset the stream (from sync code)."""
+    if getattr(muxed, "_logos_refused", None) is not None:
+        return
+    muxed._logos_refused = (cause, message)  # type: ignore[attr-defined]
+
+    async def reset_it() -> None:
+        await reset_muxed(muxed)
+
+    gate.spawn(reset_it)
+
+
+def refusal(net_stream: INetStream) -> tuple[Cause, str] | None:
+    """Why the gate reset this stream, if it did."""
+    return getattr(net_stream.muxed_stream, "_logos_refused", None)
+
+
+class _Buffer(bytearray):
+    """One yamux stream's receive buffer, whose bytes are charged to the peer's memory."""
+
+    __slots__ = ("books", "conn", "gate", "sid")
+
+    def __init__(self, conn: Yamux, sid: int, books: _Books, gate: Gate) -> None:
+        super().__init__()
+        self.conn = conn
+        self.sid = sid
+        self.books = books
+        self.gate = gate
+
+    def extend(self, data: Any) -> None:  # yamux's handle_incoming: before it lowers recv_window
+        n = len(data)
+        stream = self.conn.streams.get(self.sid)
+        if stream is None or getattr(stream, "_logos_refused", None) is not None:
+            return
+        if n > stream.recv_window:
+            _refuse(
+                self.gate,
+                stream,
+                Cause.PROTOCOL_ERROR,
+                f"the peer sent {n} bytes into a receive window of {stream.recv_window}",
+            )
+            return
+        if not self.books.memory.reserve(n):
+            _refuse(self.gate, stream, Cause.LIMIT_EXCEEDED, f"the peer {self.books.peer} holds its share of memory")
+            return
+        super().extend(data)
+
+    def __delitem__(self, key: Any) -> None:
+        before = len(self)
+        super().__delitem__(key)
+        self.books.memory.release(before - len(self))
+
+    def clear(self) -> None:
+        self.books.memory.release(len(self))
+        super().clear()
+
+
+class _Buffers(dict[int, bytearray]):
+    """A yamux connection's buffer table: every buffer a :class:`_Buffer`, released when dropped."""
+
+    def __init__(self, conn: Yamux, books: _Books, gate: Gate) -> None:
+        super().__init__()
+        self.conn = conn
+        self.books = books
+        self.gate = gate
+
+    def __setitem__(self, sid: int, value: bytearray) -> None:
+        buffer = _Buffer(self.conn, sid, self.books, self.gate)
+        if value:
+            buffer.extend(value)
+        old = self.get(sid)
+        if old is not None:
+            old.clear()
+        super().__setitem__(sid, buffer)
+
+    def __delitem__(self, sid: int) -> None:
+        self.pop(sid, None)
+
+    def pop(self, sid: int, *default: Any) -> Any:
+        buffer = super().pop(sid, *default)
+        if buffer:
+            self.books.memory.release(len(buffer))
+        return buffer
+
+    def clear(self) -> None:
+        for buffer in self.values():
+            self.books.memory.release(len(buffer))
+        super().clear()
+
+
+def _capped_autotune(original: Any) -> Any:
+    """On a gated connection, a stream's receive window grows no further than stream_window."""
+
+    @functools.wraps(original)
+    def apply(self: YamuxStream, buffered: int) -> int:
+        books = _books(self.conn)
+        if books is not None:
+            gate = _gate_of(getattr(self.conn, "swarm", None))
+            cap = gate.window if gate is not None else YAMUX_DEFAULT_WINDOW
+            if self.target_recv_window * 2 > cap:
+                self.epoch_start = trio.current_time()
+                return 0
+        result: int = original(self, buffered)
+        return result
+
+    return apply
+
+
+def _install_gate_hooks() -> None:
+    Swarm.upgrade_inbound_raw_conn = _gated_upgrade(Swarm.upgrade_inbound_raw_conn, "inbound")  # type: ignore[method-assign]
+    Swarm.upgrade_outbound_raw_conn = _gated_upgrade(Swarm.upgrade_outbound_raw_conn, "outbound")  # type: ignore[method-assign]
+    Swarm.add_conn = _gated_add_conn(Swarm.add_conn)  # type: ignore[method-assign]
+    SwarmConn._handle_muxed_stream = _gated_stream_handler(SwarmConn._handle_muxed_stream)  # type: ignore[method-assign]
+    YamuxStream._apply_autotune_epoch = _capped_autotune(YamuxStream._apply_autotune_epoch)  # type: ignore[method-assign]
 
 
 # -- fix 1: the truth behind StreamEOF --------------------------------------------------
@@ -232,8 +619,11 @@ def _reset_seen(net_stream: INetStream) -> bool:
     return False
 
 
-def _eof_cause(net_stream: INetStream) -> Cause | None:
-    """After ``StreamEOF``: None for a clean end, else why the stream died."""
+def end_cause(net_stream: INetStream) -> Cause | None:
+    """After ``StreamEOF`` (or :func:`wait_ended`): None for a clean end, else why the stream died."""
+    refused = refusal(net_stream)
+    if refused is not None:
+        return refused[0]
     if _conn_down(net_stream):
         return Cause.CONNECTION_LOST
     if _reset_seen(net_stream):
@@ -242,8 +632,12 @@ def _eof_cause(net_stream: INetStream) -> Cause | None:
 
 
 def _gone(net_stream: INetStream, exc: BaseException) -> StreamReset:
-    cause = Cause.CONNECTION_LOST if _conn_down(net_stream) else Cause.REMOTE_RESET
-    error = reset_error(cause, f"{cause.value}: {exc}" if str(exc) else "")
+    refused = refusal(net_stream)
+    if refused is not None:
+        error = reset_error(*refused)
+    else:
+        cause = Cause.CONNECTION_LOST if _conn_down(net_stream) else Cause.REMOTE_RESET
+        error = reset_error(cause, f"{cause.value}: {exc}" if str(exc) else "")
     error.__cause__ = exc
     return error
 
@@ -284,12 +678,12 @@ async def read(net_stream: INetStream, max_bytes: int) -> bytes | None:
         try:
             data: bytes = await net_stream.read(max_bytes)
         except StreamEOF as exc:
-            cause = _eof_cause(net_stream)
+            cause = end_cause(net_stream)
             if cause is None:
                 return None
             raise reset_error(cause) from exc
     if not data:  # some muxers return b"" at the end
-        cause = _eof_cause(net_stream)
+        cause = end_cause(net_stream)
         if cause is None:
             return None
         raise reset_error(cause)
@@ -338,14 +732,36 @@ async def reset(net_stream: INetStream) -> None:
 
     A pending ``read`` on the stream returns or raises afterwards (fix 4).
     """
-    muxed = net_stream.muxed_stream
-    waiting = None
-    if isinstance(muxed, YamuxStream):
-        waiting = muxed.conn.stream_events.get(muxed.stream_id)
+    await reset_muxed(net_stream.muxed_stream, net_stream.reset)
+
+
+async def reset_muxed(muxed: Any, reset_it: Any = None) -> None:
+    """:func:`reset` for a muxed stream that has no NetStream (yet).
+
+    What the peer sent and nobody read is dropped with it: yamux keeps a reset stream's
+    buffer for a reader that will never come, until its sweeper runs a minute later.
+    """
+    waiting = _reader_event(muxed)
     with contextlib.suppress(Exception):
-        await net_stream.reset()
+        await (reset_it or muxed.reset)()
     if waiting is not None:
         waiting.set()
+    if isinstance(muxed, YamuxStream):
+        buffer = muxed.conn.stream_buffers.get(muxed.stream_id)
+        if buffer:
+            buffer.clear()
+
+
+def _reader_event(muxed: Any) -> trio.Event | None:
+    if isinstance(muxed, YamuxStream):
+        return muxed.conn.stream_events.get(muxed.stream_id)
+    return None
+
+
+def _wake_reader(muxed: Any) -> None:
+    event = _reader_event(muxed)
+    if event is not None:
+        event.set()
 
 
 async def release(net_stream: INetStream) -> None:
@@ -437,6 +853,54 @@ async def _wait_more(muxed: YamuxStream, beyond: int) -> None:
         await event.wait()
 
 
+async def wait_ended(net_stream: INetStream) -> None:
+    """Return once the stream was reset or its connection went down; never at a clean end.
+
+    Takes nothing from the stream, and can be cancelled: a bridge whose buffers are
+    full (its module does not read) waits for room *and* this, or nothing would tell
+    it that the wire under it died.
+    """
+    muxed = net_stream.muxed_stream
+    if isinstance(muxed, YamuxStream):
+        conn, sid = muxed.conn, muxed.stream_id
+        while not (muxed.reset_received or conn.event_shutting_down.is_set() or refusal(net_stream)):
+            event = conn.stream_events.get(sid)
+            if event is None:  # gone from the muxer's table
+                if end_cause(net_stream) is not None:
+                    return
+                await trio.sleep_forever()
+            if event.is_set():  # an earlier wake-up, already seen: renew it, as yamux's read does
+                event = conn.stream_events[sid] = trio.Event()
+            await event.wait()
+    elif isinstance(muxed, MplexStream):
+        await muxed.event_reset.wait()
+    else:  # pragma: no cover - the node speaks yamux and mplex only
+        await trio.sleep_forever()
+
+
+def describe(net_stream: INetStream) -> str:
+    """The muxer's view of a stream, for the state snapshot."""
+    muxed = net_stream.muxed_stream
+    conn = getattr(muxed, "muxed_conn", None) or getattr(muxed, "conn", None)
+    down = "down" if _conn_down(net_stream) else "up"
+    refused = refusal(net_stream)
+    if isinstance(muxed, YamuxStream):
+        c = muxed.conn
+        sid = muxed.stream_id
+        flags = [n for n in ("closed", "send_closed", "recv_closed", "reset_received") if getattr(muxed, n)]
+        event = c.stream_events.get(sid)
+        waking = "none" if event is None else "set" if event.is_set() else "unset"
+        return (
+            f"yamux #{sid} {'+'.join(flags) or 'open'} conn {down} known={sid in c.streams} "
+            f"held={len(c.stream_buffers.get(sid) or b'')} event={waking}"
+            f" windows send={muxed.send_window} recv={muxed.recv_window}{f' refused={refused}' if refused else ''}"
+        )
+    if isinstance(muxed, MplexStream):
+        flags = [n for n in ("event_local_closed", "event_remote_closed", "event_reset") if getattr(muxed, n).is_set()]
+        return f"mplex {muxed.stream_id} {'+'.join(flags) or 'open'} conn {down}"
+    return f"{type(muxed).__name__} conn {down} {conn!r}"
+
+
 def remote_peer_id(net_stream: INetStream) -> str:
     return str(net_stream.muxed_conn.peer_id)
 
@@ -504,13 +968,27 @@ def load_or_create_identity(path: Path | None) -> KeyPair:
     return key_pair
 
 
-def build_host(key_pair: KeyPair, listen: Sequence[str], muxer: str | None = None) -> IHost:
-    """A py-libp2p host with its default secure channels and muxers (yamux first)."""
+def build_host(
+    key_pair: KeyPair, listen: Sequence[str], muxer: str | None = None, limits: res.ResourceLimits | None = None
+) -> IHost:
+    """A py-libp2p host with its default secure channels and muxers (yamux first).
+
+    With ``limits``, py-libp2p's own connection caps are set above the node's (the
+    Gate decides), and it keeps no minimum of connections of its own to dial.
+    """
     install_fixes()
     listen_addrs = [parse_addr(a) for a in listen]
     kwargs: dict[str, Any] = {"key_pair": key_pair, "listen_addrs": listen_addrs}
     if muxer:
         kwargs["muxer_preference"] = muxer.upper()
+    if limits is not None:
+        kwargs["connection_config"] = ConnectionConfig(
+            max_connections=2 * limits.connections + 1,
+            max_connections_per_peer=2 * limits.connections_per_peer + 1,
+            min_connections=0,
+            low_watermark=0,
+            high_watermark=2 * limits.connections + 1,
+        )
     return new_host(**kwargs)
 
 
@@ -550,6 +1028,18 @@ def _interface_ips(family: str) -> list[str]:
     return ips or (["127.0.0.1"] if family == "ip4" else ["::1"])
 
 
+def _limit_in(exc: BaseException) -> LimitExceeded | None:
+    """The node's own refusal (or the kernel's lack of descriptors) behind a dial error."""
+    chain: BaseException | None = exc
+    while chain is not None:
+        if isinstance(chain, Refused):
+            return chain.error
+        if isinstance(chain, OSError) and chain.errno in res.RESOURCE_ERRNOS:
+            return LimitExceeded(f"the system has no resources for another connection: {chain.strerror}")
+        chain = chain.__cause__ or chain.__context__
+    return None
+
+
 async def connect(host: IHost, addr: str, timeout: float) -> PeerInfo:
     info = parse_peer_addr(addr)
     if info.peer_id == host.get_id():
@@ -560,6 +1050,9 @@ async def connect(host: IHost, addr: str, timeout: float) -> PeerInfo:
     except trio.TooSlowError as exc:
         raise Timeout(f"dialing {addr} took longer than {timeout:g}s") from exc
     except (SwarmException, *_STREAM_GONE) as exc:
+        limit = _limit_in(exc)
+        if limit is not None:
+            raise limit from exc
         raise PeerUnreachable(f"cannot connect to {addr}: {exc}") from exc
     return info
 
@@ -590,6 +1083,9 @@ async def open_stream(
                     raise Timeout(f"{peer} did not finish negotiating {list(protocols)}") from exc
                 raise NegotiationFailed(f"negotiating {list(protocols)} with {peer} broke off: {text}") from exc
             chain = chain.__cause__
+        limit = _limit_in(exc)
+        if limit is not None:
+            raise limit from exc
         if isinstance(exc, (SwarmException, *_STREAM_GONE)):
             raise PeerUnreachable(f"cannot reach {peer}: {exc}") from exc
         raise

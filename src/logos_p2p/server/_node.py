@@ -23,7 +23,7 @@ import struct
 import time
 from collections import Counter
 from collections.abc import Coroutine
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from functools import partial
 from pathlib import Path
 from typing import Any, TypeVar
@@ -33,6 +33,7 @@ import trio
 from libp2p.abc import INetStream
 
 from .. import __version__, _address, _auth
+from .._requests import validate_open, validate_protocol_ids
 from ..errors import (
     AuthenticationFailed,
     Cause,
@@ -40,17 +41,24 @@ from ..errors import (
     LimitExceeded,
     NodeShutdown,
 )
-from . import _libp2p
+from . import _libp2p, _resources
 from ._bridge import Bridge, Limits
-from ._channel import ChannelListener
+from ._channel import ChannelListener, DataChannel, SocketBridge
 from ._handoff import Loops, open_loops
-from ._registry import ModuleSession, Registration, Registry, validate_protocol_ids
+from ._registry import ModuleSession, Registration, Registry
+from ._resources import (
+    Grant,
+    ResourceLimits,
+    ResourceManager,
+    StreamSlot,
+    derive_limits,
+    descriptor_limit,
+    open_descriptors,
+)
 from ._rpc import NodeImpl, StreamImpl
 
 log = logging.getLogger("logos_p2p.node")
 T = TypeVar("T")
-
-MAX_DIAL_ADDRS = 64  # addresses one open request may ask the node to dial
 
 
 @dataclass
@@ -63,11 +71,12 @@ class NodeConfig:
     accept_timeout: float = 10.0  # Handler.handle must answer within this
     open_timeout: float = 30.0  # openStream default
     dial_timeout: float = 30.0  # connectPeer default
-    max_streams_per_module: int = 4096
     max_registrations_per_module: int = 1024
     rpc_traversal_limit_words: int = 8 * 1024 * 1024  # 64 MiB per RPC message
     shutdown_grace: float = 1.5  # seconds for the whole graceful part of shutdown
+    channel_outbox: int = 256  # stream announcements that may wait for a module reading its data channel
     limits: Limits = field(default_factory=Limits)
+    resources: ResourceLimits = field(default_factory=ResourceLimits)
 
 
 class NodeService:
@@ -96,16 +105,22 @@ class NodeService:
         self._identify_dirty = False
         self._identify_pushing = False
         self.loops: Loops
+        config.resources.check()
+        self.rm = ResourceManager(derive_limits(config.resources, descriptor_limit(), open_descriptors()))
 
     # -- running ---------------------------------------------------------------------
 
     async def run(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
         """Run until :meth:`shutdown`; ``task_status.started(self)`` once ready."""
+        _resources.tune_allocator()
         key_pair = _libp2p.load_or_create_identity(self.config.identity)
-        self.host = _libp2p.build_host(key_pair, self.config.listen, self.config.muxer)
+        self.host = _libp2p.build_host(key_pair, self.config.listen, self.config.muxer, self.rm.limits)
         self.peer_id = str(self.host.get_id())
         async with open_loops() as loops:
             self.loops = loops
+            _libp2p.install_gate(self.host, _libp2p.Gate(self.rm, loops.spawn_trio))
+            log.info("limits: %s", _limits_line(self.rm.limits))
+            loops.spawn_trio(self._flush_refusal_logs)
             async with _libp2p.run_host(self.host, self.config.listen):
                 self.addrs = _libp2p.advertised_addrs(self.host)
                 self.rpc_address = await loops.to_aio(self._start_rpc)
@@ -171,6 +186,12 @@ class NodeService:
                     if bridge.last_active < cutoff and not bridge.state.is_reset:
                         bridge.reset(Cause.TIMEOUT, f"no data either way for {timeout:g} s (idle timeout)")
 
+    async def _flush_refusal_logs(self) -> None:
+        """Log refusals the last flood left unlogged (one line per kind per interval)."""
+        while not self.shutting_down:
+            await trio.sleep(_resources.LOG_INTERVAL)
+            self.rm.flush_logs()
+
     # -- accounting --------------------------------------------------------------------------
 
     @property
@@ -178,7 +199,8 @@ class NodeService:
         """Tasks serving streams and calls right now (bridge pumps, writers, pushers, offers,
         opens and dials in progress)."""
         streams = sum(b.tasks for s in self.sessions.values() for b in s.bridges.values())
-        return self._offers + len(self._guarded) + streams
+        opens = sum(s.channel.opens for s in self.sessions.values() if s.channel is not None)
+        return self._offers + len(self._guarded) + streams + opens
 
     def _count_reset(self, cause: Cause) -> None:
         self.resets[cause] += 1
@@ -197,6 +219,7 @@ class NodeService:
             "streamsTotal": self.streams_total,
             "tasks": self.tasks,
             "authFailures": self.auth_failures,
+            **self.rm.status(),
         }
 
     def peers(self) -> list[dict[str, Any]]:
@@ -222,8 +245,19 @@ class NodeService:
         finally:
             self._guarded.discard(task)
 
-    async def connect_peer(self, addr: str, timeout: float) -> dict[str, Any]:
-        info = await self.loops.to_trio(partial(_libp2p.connect, self.host, addr, timeout))
+    def begin(self, session: ModuleSession, resource: str) -> Grant:
+        """One more call of ``resource`` (opens, dials, polls) in progress for ``session``."""
+        return self.rm.grant(resource, self.rm.module(session.id))
+
+    def begin_open(self, session: ModuleSession) -> Grant:
+        return self.begin(session, _resources.OPENS)
+
+    async def connect_peer(self, session: ModuleSession, addr: str, timeout: float) -> dict[str, Any]:
+        grant = self.begin(session, _resources.DIALS)
+        try:
+            info = await self.loops.to_trio(partial(_libp2p.connect, self.host, addr, timeout))
+        finally:
+            grant.release()
         peer = str(info.peer_id)
         addrs = dict(_libp2p.connected_peers(self.host)).get(peer, [])
         return {"peerId": peer, "addrs": addrs}
@@ -285,42 +319,73 @@ class NodeService:
     async def open_stream(
         self, session: ModuleSession, peer: str, protocols: list[str], addrs: list[str], timeout: float
     ) -> Bridge:
-        ids = self.check_open(protocols, addrs)
+        ids = self.check_open(peer, protocols, addrs)
+        grant = self.begin_open(session)
+        try:
+            slot = self.outbound_slot(session, peer)
+        except BaseException:
+            grant.release()
+            raise
 
         async def opener() -> Bridge:
-            net_stream = await _libp2p.open_stream(self.host, peer, ids, addrs, timeout)
-            bridge = Bridge(net_stream, "outbound", session, self.loops, self.limits)
-            await self.adopt(session, bridge)
+            try:
+                net_stream = await _libp2p.open_stream(self.host, peer, ids, addrs, timeout)
+            except BaseException:
+                slot.release()
+                raise
+            bridge = await self.bind_outbound(slot, net_stream, session)
             bridge.start()
             return bridge
 
-        return await self.loops.to_trio(
-            opener, orphan=lambda b: b.abandon(Cause.CAPABILITY_DROPPED, "the module gave up opening the stream")
-        )
+        try:
+            return await self.loops.to_trio(
+                opener, orphan=lambda b: b.abandon(Cause.CAPABILITY_DROPPED, "the module gave up opening the stream")
+            )
+        finally:
+            grant.release()
+
+    def outbound_slot(self, session: ModuleSession, peer: str) -> StreamSlot:
+        """A place for a stream ``session`` opens to ``peer`` (before dialing: LimitExceeded)."""
+        _libp2p.peer_id_of(peer)  # InvalidArgument first: a bad id is no reason to count a refusal
+        return self.rm.stream("outbound", peer, self.rm.module(session.id))
+
+    async def bind_outbound(
+        self, slot: StreamSlot, net_stream: INetStream, session: ModuleSession, channel: DataChannel | None = None
+    ) -> Bridge:
+        """An opened stream joins its protocol's scope and its module's books (or is reset)."""
+        try:
+            slot.bind(protocol=self.rm.protocol(str(net_stream.get_protocol() or "")))
+        except LimitExceeded:
+            slot.release()
+            await _libp2p.reset(net_stream)
+            raise
+        if channel is not None:
+            bridge: Bridge = SocketBridge(net_stream, "outbound", session, self.loops, self.limits, slot, channel)
+        else:
+            bridge = Bridge(net_stream, "outbound", session, self.loops, self.limits, slot)
+        await self.adopt(session, bridge)
+        return bridge
 
     @staticmethod
-    def check_open(protocols: list[str], addrs: list[str]) -> tuple[str, ...]:
-        """The protocol ids of an open request, checked along with its addresses."""
-        ids = validate_protocol_ids(protocols)
-        if len(addrs) > MAX_DIAL_ADDRS:
-            raise InvalidArgument(f"at most {MAX_DIAL_ADDRS} addresses")
-        return ids
+    def check_open(peer: str, protocols: list[str], addrs: list[str]) -> tuple[str, ...]:
+        """The protocol ids of an open request, checked along with its peer id and addresses."""
+        return validate_open(peer, protocols, addrs)
 
     async def adopt(self, session: ModuleSession, bridge: Bridge) -> None:
         """Put a new stream on its module's books, or reset it and raise LimitExceeded."""
         try:
             session.adopt(bridge)
         except LimitExceeded:
+            bridge.slot.release()
             await _libp2p.reset(bridge.net)
             raise
         self.streams_total += 1
 
     async def adopt_inbound(self, session: ModuleSession, bridge: Bridge) -> bool:
-        """:meth:`adopt` for a stream a peer opened: a refusal is logged and counted."""
+        """:meth:`adopt` for a stream a peer opened: a refusal is counted."""
         try:
             await self.adopt(session, bridge)
-        except LimitExceeded as exc:
-            log.warning("refusing a %s stream: %s", bridge.info.protocol, exc)
+        except LimitExceeded:
             self._count_reset(Cause.LIMIT_EXCEEDED)
             return False
         return True
@@ -328,20 +393,29 @@ class NodeService:
     # -- inbound streams ------------------------------------------------------------------------
 
     async def _on_inbound(self, net_stream: INetStream) -> None:
-        """libp2p calls this (in trio) for every stream that negotiated a mounted id."""
+        """libp2p calls this (in trio) for every stream that negotiated a mounted id.
+
+        The gate admitted the stream before negotiation (its StreamSlot); here it joins
+        its protocol's and its module's scopes, or is reset.
+        """
         proto = str(net_stream.get_protocol())
         reg = None if self.shutting_down else self.registry.pick(proto)
-        if reg is None:
+        slot = _libp2p.stream_slot(net_stream)
+        channel = reg.session.channel if reg is not None and reg.channel else None
+        if reg is None or slot is None or (reg.channel and (channel is None or channel.closed)):
             await _libp2p.reset(net_stream)
             return
-        if reg.channel:
-            channel = reg.session.channel
-            if channel is None or channel.closed:
-                await _libp2p.reset(net_stream)
-                return
-            await channel.deliver(reg, net_stream)
+        slot.negotiated()
+        try:
+            slot.bind(protocol=self.rm.protocol(proto), module=self.rm.module(reg.session.id))
+        except LimitExceeded:
+            self._count_reset(Cause.LIMIT_EXCEEDED)
+            await _libp2p.reset(net_stream)
             return
-        bridge = Bridge(net_stream, "inbound", reg.session, self.loops, self.limits)
+        if channel is not None:
+            await channel.deliver(reg, net_stream, slot)
+            return
+        bridge = Bridge(net_stream, "inbound", reg.session, self.loops, self.limits, slot)
         if not await self.adopt_inbound(reg.session, bridge):
             return
         bridge.start()
@@ -420,22 +494,37 @@ class NodeService:
             self.loops.spawn_aio(close())
 
     async def _accept_loop(self, sock: socket.socket) -> None:
+        """Accept module connections. Each is charged a descriptor and a module place before
+        anything else; a TCP one also a handshake in its source address's scope until it
+        proves the token. Refusals close the connection at once (counted, logged in bulk)."""
         loop = asyncio.get_running_loop()
+        rm = self.rm
         while True:
             try:
                 conn, peer = await loop.sock_accept(sock)
             except OSError as exc:
                 if self.shutting_down:
                     return
-                log.warning("accepting an RPC connection failed: %s", exc)
+                rm.refused(rm.system, _resources.FDS, f"for an RPC connection: {exc}")
                 await asyncio.sleep(0.1)
                 continue
+            grants: list[Grant] = []
+            try:
+                grants.append(rm.grant(_resources.FDS))
+                grants.append(rm.grant(_resources.MODULES))
+                if self._token is not None:
+                    grants.append(rm.grant(_resources.HANDSHAKES, rm.source(str(peer[0]))))
+            except LimitExceeded:
+                _release(grants)
+                with contextlib.suppress(OSError):
+                    conn.close()
+                continue
             if self._token is None:
-                self.loops.spawn_aio(self._serve_connection(conn, _peer_label(conn, peer)))
+                self.loops.spawn_aio(self._serve_connection(conn, _peer_label(conn, peer), grants))
             else:
-                self.loops.spawn_aio(self._authenticate(conn, _peer_label(conn, peer), self._token))
+                self.loops.spawn_aio(self._authenticate(conn, _peer_label(conn, peer), self._token, grants))
 
-    async def _authenticate(self, conn: socket.socket, label: str, token: bytes) -> None:
+    async def _authenticate(self, conn: socket.socket, label: str, token: bytes, grants: list[Grant]) -> None:
         """A TCP client proves it knows the token before it reaches any capability."""
         conn.setblocking(False)
         try:
@@ -444,14 +533,16 @@ class NodeService:
         except (AuthenticationFailed, OSError, TimeoutError) as exc:
             self.auth_failures += 1
             reason = "no answer in time" if isinstance(exc, TimeoutError) else _first_line(exc)
-            log.warning("refused an RPC client from %s: %s", label, reason)
+            self.rm.refused(grants[-1].scopes[-1], "auth", f"from {label}: {reason}")
+            _release(grants)
             with contextlib.suppress(OSError):
                 conn.close()
             return
-        await self._serve_connection(conn, label)
+        grants.pop().release()  # no longer a handshake: a module
+        await self._serve_connection(conn, label, grants)
 
-    async def _serve_connection(self, conn: socket.socket, label: str) -> None:
-        session = ModuleSession(label, self._count_reset, self.config.max_streams_per_module)
+    async def _serve_connection(self, conn: socket.socket, label: str, grants: list[Grant]) -> None:
+        session = ModuleSession(label, self._count_reset)
         self.sessions[session.id] = session
         log.info("module %s connected (%s)", session.id, label)
         server = stream = None
@@ -482,6 +573,7 @@ class NodeService:
                     stream.close()
             with contextlib.suppress(OSError):
                 conn.close()
+            _release(grants)
 
     async def _close_rpc_listener(self) -> None:
         if self._accept_task is not None:
@@ -504,6 +596,15 @@ class NodeService:
                 server.close()
             with contextlib.suppress(Exception):
                 stream.close()
+
+
+def _release(grants: list[Grant]) -> None:
+    for grant in grants:
+        grant.release()
+
+
+def _limits_line(limits: ResourceLimits) -> str:
+    return ", ".join(f"{f.name}={getattr(limits, f.name)}" for f in fields(limits))
 
 
 def _by_value(item: tuple[Cause, int]) -> str:

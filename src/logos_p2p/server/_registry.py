@@ -13,11 +13,12 @@ import itertools
 import logging
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from ..errors import Cause, InvalidArgument, LimitExceeded, ProtocolInUse
+from .._requests import validate_protocol_ids as validate_protocol_ids
+from ..errors import Cause, LimitExceeded, ProtocolInUse
 from ._bridge import Bridge
 
 if TYPE_CHECKING:
@@ -25,31 +26,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("logos_p2p.node")
 
-MAX_PROTOCOL_ID = 512  # bytes; multistream-select frames are short lines
-
 _session_ids = itertools.count(1)
 _registration_ids = itertools.count(1)
-
-
-def validate_protocol_ids(protocols: Iterable[str], max_count: int = 64) -> tuple[str, ...]:
-    """Check and de-duplicate protocol ids; raise InvalidArgument."""
-    out: list[str] = []
-    for proto in protocols:
-        if not isinstance(proto, str) or not proto:
-            raise InvalidArgument("a protocol id must be a non-empty string")
-        if not proto.startswith("/"):
-            raise InvalidArgument(f"a protocol id must start with '/': {proto!r}")
-        if len(proto.encode()) > MAX_PROTOCOL_ID:
-            raise InvalidArgument(f"a protocol id must be at most {MAX_PROTOCOL_ID} bytes")
-        if any(ch in proto for ch in "\n\r\0") or not proto.isprintable():
-            raise InvalidArgument(f"a protocol id must be printable, on one line: {proto!r}")
-        if proto not in out:
-            out.append(proto)
-    if not out:
-        raise InvalidArgument("at least one protocol id is needed")
-    if len(out) > max_count:
-        raise InvalidArgument(f"at most {max_count} protocol ids per call")
-    return tuple(out)
 
 
 @dataclass(eq=False)
@@ -122,7 +100,7 @@ class Registry:
 class ModuleSession:
     """One RPC connection: what the module registered and the streams it owns."""
 
-    def __init__(self, label: str, count_reset: Callable[[Cause], None], max_streams: int) -> None:
+    def __init__(self, label: str, count_reset: Callable[[Cause], None]) -> None:
         self.id = next(_session_ids)
         self.label = label  # where it connected from
         self.name = ""
@@ -132,8 +110,8 @@ class ModuleSession:
         self.bytes_out = 0
         self.closed = False
         self.channel: DataChannel | None = None
+        self.bad_messages = 0  # data channel messages that were dropped or refused
         self._count_reset = count_reset
-        self._max_streams = max_streams
 
     def __repr__(self) -> str:
         return f"<ModuleSession {self.id} {self.name or self.label}>"
@@ -151,10 +129,9 @@ class ModuleSession:
         self._count_reset(cause)
 
     def adopt(self, bridge: Bridge) -> None:
+        """Book a stream the resource manager admitted (its slot is bound to this module)."""
         if self.closed:
             raise LimitExceeded("the module's connection is closing")
-        if len(self.bridges) >= self._max_streams:
-            raise LimitExceeded(f"the module already has {self._max_streams} open streams")
         self.bridges[bridge.info.id] = bridge
 
     def teardown(self, registry: Registry, cause: Cause, message: str) -> None:
@@ -182,4 +159,5 @@ class ModuleSession:
             "bytesIn": self.bytes_in,
             "bytesOut": self.bytes_out,
             "bufferedBytes": sum(b.buffered for b in self.bridges.values()),
+            "badMessages": self.bad_messages,
         }

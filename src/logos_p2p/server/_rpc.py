@@ -19,6 +19,7 @@ from .._wire import RemoteError
 from ..errors import Cause, InvalidArgument, LogosP2PError
 from ._bridge import Bridge
 from ._registry import Registration
+from ._resources import POLLS
 
 if TYPE_CHECKING:
     from ._node import NodeService
@@ -62,7 +63,7 @@ class NodeImpl(rpc.Node.Server):  # type: ignore[name-defined,misc]
     async def connectPeer(self, addr: str, timeoutMs: int, **_: Any) -> Any:
         with remote_errors():
             timeout = timeout_from_ms(timeoutMs, self._node.config.dial_timeout)
-            return await self._node.guard(self._node.connect_peer(addr, timeout))
+            return await self._node.guard(self._node.connect_peer(self._session, addr, timeout))
 
     async def disconnectPeer(self, peerId: str, **_: Any) -> None:
         with remote_errors():
@@ -107,7 +108,12 @@ class NodeImpl(rpc.Node.Server):  # type: ignore[name-defined,misc]
         return self._node.status()
 
     async def waitShutdown(self, **_: Any) -> None:
-        await self._node.shutdown_started.wait()
+        with remote_errors():
+            grant = self._node.begin(self._session, POLLS)
+        try:
+            await self._node.shutdown_started.wait()
+        finally:
+            grant.release()
 
     async def dataChannel(self, **_: Any) -> Any:
         with remote_errors():

@@ -8,7 +8,7 @@ STAMP  := $(VENV)/.installed
 ARGS   ?=
 CODE   := $(wildcard src tests examples bench)
 
-.PHONY: run test demo lint fmt bench soak clean lock system-deps peers
+.PHONY: run test demo lint fmt bench flood soak clean lock system-deps peers
 
 # Debian packages the tests drive (installed when missing, if we may)
 SYSTEM_DEPS := tmux
@@ -60,6 +60,10 @@ soak: $(STAMP)
 ## bench: module-handled echo vs an in-process handler vs p2pd (ARGS=--quick: under a minute)
 bench: $(STAMP) peers
 	$(BIN)/python bench/bench.py $(ARGS)
+
+## flood: the hostile-network floods at full size, logos-p2p against p2pd (ARGS=--quick: smaller)
+flood: $(STAMP) peers
+	$(BIN)/python bench/flood.py $(ARGS)
 
 lock: $(STAMP)
 	{ echo "# Exact versions every 'make' install resolves to (pip -c). Regenerate: make lock"; \

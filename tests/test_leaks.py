@@ -12,6 +12,7 @@ from logos_p2p.errors import StreamReset
 from logos_p2p.server import NodeConfig, NodeService
 from logos_p2p.server._bridge import Bridge
 from logos_p2p.server._registry import ModuleSession, Registration
+from logos_p2p.server._resources import MemoryAccount, StreamSlot
 from logos_p2p.server._rpc import RegistrationImpl, StreamImpl
 
 from .conftest import eventually
@@ -63,12 +64,13 @@ async def embedded(tmp_path, nursery):
 TYPES = (Bridge, StreamImpl, ModuleSession, Registration, RegistrationImpl)
 
 
-async def test_streams_and_modules_leave_nothing_behind(embedded, peer, modules):
+async def test_streams_and_modules_leave_nothing_behind(embedded, peer, modules, data_path):
     service, node = embedded
     module = await modules(node)
     await module.call("register_echo", "e", ["/echo/1.0.0"])
     await module.call("register_failing", "f", ["/fail/1.0.0"])
     incoming = peer.serve("/sink/1.0.0")
+    held_by_the_module = service.rm.live  # its connection's grants, its data channel's, its waitShutdown
 
     for i in range(60):
         echo = await peer.open(node.addr, ["/echo/1.0.0"])
@@ -97,6 +99,11 @@ async def test_streams_and_modules_leave_nothing_behind(embedded, peer, modules)
 
     await eventually(idle, timeout=10)
     assert service.streams_total == 120
+    # every stream's and connection's reservations came back, exactly
+    assert service.rm.live == held_by_the_module
+    assert service.rm.system.mem_used == 0
+    channel = data_path == "socket"  # a data channel is one more descriptor
+    assert dict(+service.rm.system.used) == {"modules": 1, "fds": 1 + channel, "polls": 1}
     expected = {"Bridge": 0, "StreamImpl": 0, "ModuleSession": 1, "Registration": 2, "RegistrationImpl": 2}
 
     async def collected() -> bool:  # the module's capability releases may still be on their way
@@ -113,9 +120,12 @@ async def test_streams_and_modules_leave_nothing_behind(embedded, peer, modules)
         return not service.sessions and len(service.registry) == 0 and service.loops.aio_tasks == 2
 
     await eventually(gone, timeout=5)
+    assert service.rm.live == 0 and not +service.rm.system.used
 
     async def all_collected() -> bool:
-        return live(*TYPES) == dict.fromkeys((t.__name__ for t in TYPES), 0)
+        return live(*TYPES, StreamSlot, MemoryAccount) == dict.fromkeys(
+            (t.__name__ for t in (*TYPES, StreamSlot, MemoryAccount)), 0
+        )
 
     await eventually(all_collected, timeout=5)
     assert service.registry.protocols() == []

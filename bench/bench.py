@@ -52,6 +52,7 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 GO_DIR = ROOT / ".cache" / "interop" / "go"
 PROTO = "/echo/1.0.0"
+NODE_ARGS: list[str] = []  # --node-args
 TARGETS = {
     "rtt_us": ("round trip", "le", 1.25),
     "throughput_mbps": ("throughput", "ge", 0.90),
@@ -122,6 +123,7 @@ def start_logos(workdir: Path, modules: int) -> Target:
             rpc,
             "--log-level",
             "warning",
+            *NODE_ARGS,
         ]
     )
     target.addr = target.line(node)["addrs"][0]
@@ -442,4 +444,9 @@ if __name__ == "__main__":
     parser.add_argument("--quick", action="store_true", help="small sizes, 2 rounds: under a minute")
     parser.add_argument("--rounds", type=int, default=0, help="rounds (default: 5 full, 2 quick)")
     parser.add_argument("--paths", default="direct,logos,p2pd")
-    trio.run(main, parser.parse_args())
+    parser.add_argument(
+        "--node-args", default="", help="more arguments for the logos-p2p node, e.g. '--stream-window 1048576'"
+    )
+    parsed = parser.parse_args()
+    NODE_ARGS.extend(parsed.node_args.split())
+    trio.run(main, parsed)

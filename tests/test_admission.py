@@ -113,36 +113,54 @@ async def test_one_greedy_peer_cannot_take_a_modules_whole_stream_quota(node_fac
     await settled(node)
 
 
-async def test_streams_negotiating_are_bounded_per_peer(node_factory, modules):
+async def raw_streams(peer, node, n: int) -> None:
+    """Open ``n`` yamux streams that never say a byte of multistream-select."""
+    await peer.connect(node.addr)
+    conn = peer.host.get_network().connections[_libp2p.peer_id_of(node.peer_id)][0].muxed_conn
+    for _ in range(n):
+        await conn.open_stream()
+
+
+async def test_streams_negotiating_are_bounded_per_peer_and_in_total(node_factory, modules):
     """Streams that never finish multistream-select hold a transient place until the
-    negotiation times out; a peer may hold only so many."""
-    node = node_factory("--max-negotiating-per-peer", "4")
+    negotiation times out; a peer may hold only so many, all peers together too."""
+    node = node_factory("--max-negotiating-per-peer", "4", "--max-negotiating", "6")
     module = await modules(node, name="holder")
     await module.call("register_hold_all", "h", [PROTO])
-    async with p.open_peer() as silent, p.open_peer() as other:
-        await silent.connect(node.addr)
-        conn = silent.host.get_network().connections[_libp2p.peer_id_of(node.peer_id)][0].muxed_conn
-        for _ in range(8):  # raw streams: SYN, then not a byte of negotiation
-            await conn.open_stream()
+    async with p.open_peer() as silent, p.open_peer() as second, p.open_peer() as other:
+        await raw_streams(silent, node, 8)
 
-        async def transient_full() -> bool:
-            return refused(await node_status(node.rpc)).get(("peer", "negotiating"), 0) == 4
+        async def refusals_are(kind: str, n: int) -> Any:
+            async def check() -> bool:
+                return refused(await node_status(node.rpc)).get((kind, "negotiating"), 0) == n
 
-        await eventually(transient_full)
-        assert use(await node_status(node.rpc), "transient", "negotiating")[0] == 4
-        stream = await other.open(node.addr, [PROTO])  # another peer negotiates at once
+            return check
+
+        await eventually(await refusals_are("peer", 4))  # four of the eight over the peer's share
+        await raw_streams(second, node, 4)
+        await eventually(await refusals_are("transient", 2))  # two over the node's
+        assert use(await node_status(node.rpc), "transient", "negotiating")[0] == 6
+        await silent.host.disconnect(_libp2p.peer_id_of(node.peer_id))
+        await eventually(lambda: _negotiating(node, 2))  # the second peer's two are left
+        stream = await other.open(node.addr, [PROTO])  # there is room again
         await stream.reset()
 
 
-async def test_connections_upgrading_are_bounded_per_address(node_factory):
-    """Raw TCP connections that never start a handshake: a source address may hold so many."""
-    node = node_factory("--max-connections-per-ip", "3", "--max-upgrading", "5")
+async def _negotiating(node, n: int) -> bool:
+    return use(await node_status(node.rpc), "transient", "negotiating")[0] == n
+
+
+@pytest.mark.parametrize(("per_ip", "upgrading", "scope"), [(3, 5, "source"), (16, 3, "transient")])
+async def test_connections_upgrading_are_bounded_per_address_and_in_total(node_factory, per_ip, upgrading, scope):
+    """Raw TCP connections that never start a handshake: a source address may hold so many,
+    all of them together too."""
+    node = node_factory("--max-connections-per-ip", str(per_ip), "--max-upgrading", str(upgrading))
     host, port = node.addr.split("/")[2], int(node.addr.split("/")[4])
     socks = [socket.create_connection((host, port)) for _ in range(6)]
     try:
 
         async def counted() -> bool:
-            return refused(await node_status(node.rpc)).get(("source", "connsIn"), 0) == 3
+            return refused(await node_status(node.rpc)).get((scope, "connsIn"), 0) == 3
 
         await eventually(counted)
         assert use(await node_status(node.rpc), "transient", "connsIn")[0] == 3
@@ -158,16 +176,36 @@ async def _transient_empty(node) -> bool:
     return use(await node_status(node.rpc), "transient", "connsIn")[0] == 0
 
 
-async def test_connections_per_peer_and_in_total(node_factory):
+async def test_connections_of_one_peer_are_bounded(node_factory):
+    """Hosts sharing one identity are one peer with several connections."""
+    from libp2p.crypto.ed25519 import create_new_key_pair
+
+    node = node_factory("--max-connections-per-peer", "2")
+    identity = create_new_key_pair()
+    async with (
+        p.open_peer(key_pair=identity) as a,
+        p.open_peer(key_pair=identity) as b,
+        p.open_peer(key_pair=identity) as c,
+    ):
+        await a.connect(node.addr)
+        await b.connect(node.addr)
+        with contextlib.suppress(Exception):  # its side of the upgrade may finish before the node closes it
+            await c.connect(node.addr)
+        status = await node_status(node.rpc)
+        assert use(status, f"peer:{a.peer_id}", "connsIn") == (2, 2)
+        assert refused(status)[("peer", "connsIn")] == 1
+
+
+async def test_connections_in_total(node_factory):
     node = node_factory("--max-connections", "2")
     async with p.open_peer() as a, p.open_peer() as b, p.open_peer() as c:
         await a.connect(node.addr)
         await b.connect(node.addr)
-        with pytest.raises(Exception):  # noqa: B017 - py-libp2p's dial error; the node's refusal is checked below
+        with contextlib.suppress(Exception):  # refused before or after its side of the upgrade
             await c.connect(node.addr)
         status = await node_status(node.rpc)
         assert use(status, "system", "connsIn") == (2, 2)
-        assert refused(status)[("system", "connsIn")] >= 1
+        assert refused(status)[("system", "connsIn")] >= 1  # py-libp2p dials again
 
 
 # -- a module without our library, on its data channel ---------------------------------------------
@@ -242,8 +280,9 @@ async def test_a_module_not_reading_its_channel_keeps_it_and_new_streams_wait_or
 # -- the RPC endpoint -------------------------------------------------------------------------------
 
 
-async def test_a_flood_of_silent_rpc_connections_is_capped_and_logged_in_bulk(node_factory):
-    node = node_factory("--max-handshakes", "12", "--max-handshakes-per-ip", "6", rpc="tcp:127.0.0.1:0")
+@pytest.mark.parametrize(("total", "per_ip", "scope"), [(12, 6, "source"), (6, 32, "system")])
+async def test_a_flood_of_silent_rpc_connections_is_capped_and_logged_in_bulk(node_factory, total, per_ip, scope):
+    node = node_factory("--max-handshakes", str(total), "--max-handshakes-per-ip", str(per_ip), rpc="tcp:127.0.0.1:0")
     host, port = node.rpc.split(":")[1], int(node.rpc.split(":")[2])
     fds_before = node.fds()
     silent = [socket.create_connection((host, port)) for _ in range(200)]
@@ -258,13 +297,13 @@ async def test_a_flood_of_silent_rpc_connections_is_capped_and_logged_in_bulk(no
                 except ConnectionResetError:
                     data = b""
                 hellos += len(data) == _auth.HELLO_SIZE
-        assert hellos == 6  # the source address's share; the rest were closed at once
+        assert hellos == 6  # the share of the address (or of the node); the rest were closed at once
         assert node.fds() <= fds_before + 6 + 2
     finally:
         for sock in silent:
             sock.close()
     status = await _status_over_tcp(node)
-    assert refused(status)[("source", "handshakes")] == 194
+    assert refused(status)[(scope, "handshakes")] == 194
     lines = [ln for ln in node.log().splitlines() if "WARNING logos_p2p.node: refused" in ln]
     assert 1 <= len(lines) <= 3, lines
 
@@ -336,6 +375,24 @@ async def test_calls_in_progress_are_bounded_for_all_modules_together(node_facto
     assert refused(await node_status(node.rpc))[("system", "opens")] == 2
 
 
+async def test_dials_and_waits_in_progress_are_bounded_for_all_modules_together(node_factory, modules, blackhole):
+    node = node_factory("--max-dials", "3", "--max-polls", "5")
+    a, b = await modules(node, name="a"), await modules(node, name="b")  # each holds one waitShutdown
+    await a.call("set_hold", 10)
+    first = a.start("many_calls", "dial", 2, f"{blackhole}/p2p/{stranger()}", 30)
+
+    async def two_dialing() -> bool:
+        return use(await node_status(node.rpc), "system", "dials")[0] == 2
+
+    await eventually(two_dialing)
+    assert (await b.call("many_calls", "dial", 2, f"{blackhole}/p2p/{stranger()}", 30))["LimitExceeded"] == 1
+    waits = await b.call("many_calls", "wait", 4)
+    assert waits == {"LimitExceeded": 1, "pending": 3}  # 5 in all, and each module holds one of its own
+    counts = refused(await node_status(node.rpc))
+    assert counts[("system", "dials")] == 1 and counts[("system", "polls")] == 1
+    assert await first.result(timeout=20) == {"pending": 2}
+
+
 # -- memory, streams, descriptors ----------------------------------------------------------------------
 
 
@@ -351,6 +408,46 @@ async def test_a_modules_writes_are_bounded_by_its_memory_share(node_factory, pe
     assert outcome.startswith("LimitExceeded") and "module:" in outcome, outcome
     assert refused(await node_status(node.rpc))[("module", "memory")] >= 1
     await stream.reset()
+
+
+async def test_a_peers_bytes_past_its_memory_share_reset_its_streams(node_factory, modules):
+    node = node_factory("--memory-per-peer", str(3 * MiB))  # 2 MiB of it for bytes
+    module = await modules(node, name="holder")  # never reads
+    await module.call("register_hold_all", "h", [PROTO])
+    async with p.open_peer() as greedy, p.open_peer() as modest:
+        streams = [await greedy.open(node.addr, [PROTO]) for _ in range(16)]
+        outcome = {"written": 0, "reset": 0}
+
+        async def fill(stream: Any) -> None:  # within its windows: the peer breaks no rule
+            try:
+                await _libp2p.write(stream, b"g" * MiB)  # more than the module's buffers take
+                outcome["written"] += 1
+            except StreamReset:
+                outcome["reset"] += 1
+
+        with trio.move_on_after(5):
+            async with trio.open_nursery() as nursery:
+                for stream in streams:
+                    nursery.start_soon(fill, stream)
+
+        async def share_full() -> bool:
+            return refused(await node_status(node.rpc)).get(("peer", "memory"), 0) >= 1
+
+        await eventually(share_full)
+        status = await node_status(node.rpc)
+        assert use(status, f"peer:{greedy.peer_id}", "memory")[0] <= 2 * MiB
+        second = await modest.open(node.addr, [PROTO])  # another peer's share is its own
+        await _libp2p.write(second, b"m" * (256 * KiB))
+        await second.reset()
+        for stream in streams:
+            await stream.reset()
+
+
+async def test_the_descriptor_reserve_is_kept_back(node_factory):
+    default = await node_status(node_factory(nofile=1024).rpc)
+    reserved = await node_status(node_factory("--fd-reserve", "200", nofile=1024).rpc)
+    given = use(default, "system", "fds")[1] - use(reserved, "system", "fds")[1]
+    assert abs(given - (200 - 64)) <= 2  # the default reserve at 1,024: 1/16 = 64 (give or take a log file)
 
 
 async def test_streams_per_protocol_and_in_total(node_factory, modules):

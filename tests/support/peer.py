@@ -120,9 +120,11 @@ def reset_recorded(stream: Any) -> bool:
 
 
 @contextlib.asynccontextmanager
-async def open_peer(muxer: str | None = None) -> AsyncIterator[Peer]:
+async def open_peer(muxer: str | None = None, key_pair: Any = None) -> AsyncIterator[Peer]:
+    """A py-libp2p host on 127.0.0.1; ``key_pair``: its identity (hosts sharing one are one
+    peer with several connections)."""
     _libp2p.install_fixes()
-    kwargs: dict[str, Any] = {"key_pair": create_new_key_pair()}
+    kwargs: dict[str, Any] = {"key_pair": key_pair or create_new_key_pair()}
     if muxer:
         kwargs["muxer_preference"] = muxer.upper()
     host = new_host(**kwargs)

@@ -665,7 +665,8 @@ async def resume_channel(ctx: Any) -> None:
 
 async def many_calls(ctx: Any, what: str, n: int, *args: Any) -> dict[str, int]:
     """Start ``n`` calls at once (``open``: open_stream(*args); ``dial``: connect_peer(*args);
-    ``wait``: the node's waitShutdown); count how each ended within 1 s."""
+    ``wait``: the node's waitShutdown); count how each ended within ``ctx.hold`` seconds
+    (1 unless set with ``set_hold``), then cancel the rest."""
     node = ctx.node
     if what == "open":
         make = lambda: node.open_stream(*args)  # noqa: E731
@@ -674,7 +675,7 @@ async def many_calls(ctx: Any, what: str, n: int, *args: Any) -> dict[str, int]:
     else:
         make = lambda: node._cap.waitShutdown()  # noqa: E731
     calls = [asyncio.ensure_future(make()) for _ in range(n)]
-    done, pending = await asyncio.wait(calls, timeout=1.0)
+    done, pending = await asyncio.wait(calls, timeout=getattr(ctx, "hold", 1.0))
     counts: dict[str, int] = {}
     from logos_p2p.client._translate import to_error
 
@@ -697,3 +698,7 @@ async def write_expect_error(ctx: Any, key: str, size: int) -> str:
     except Exception as exc:
         return f"{type(exc).__name__}: {exc}"
     return "written"
+
+
+async def set_hold(ctx: Any, seconds: float) -> None:
+    ctx.hold = seconds

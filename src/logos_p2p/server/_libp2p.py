@@ -576,7 +576,10 @@ class _Buffers(dict[int, bytearray]):
 
 
 def _capped_autotune(original: Any) -> Any:
-    """On a gated connection, a stream's receive window grows no further than stream_window."""
+    """On a gated connection, a stream's receive window grows (yamux doubles it while the
+    reader keeps up) no further than stream_window, and only while the peer's share of
+    memory and the node's have room for the bigger window (as go-yamux asks its memory
+    manager): a stream that reads fast gets a wide window, a flood gets none."""
 
     @functools.wraps(original)
     def apply(self: YamuxStream, buffered: int) -> int:
@@ -584,7 +587,8 @@ def _capped_autotune(original: Any) -> Any:
         if books is not None:
             gate = _gate_of(getattr(self.conn, "swarm", None))
             cap = gate.window if gate is not None else YAMUX_DEFAULT_WINDOW
-            if self.target_recv_window * 2 > cap:
+            growth = self.target_recv_window  # doubling adds as much again
+            if self.target_recv_window + growth > cap or books.memory.refusing(growth) is not None:
                 self.epoch_start = trio.current_time()
                 return 0
         result: int = original(self, buffered)

@@ -140,7 +140,11 @@ class ResourceLimits:
     memory_per_peer: int = _limit(0, "--memory-per-peer", "of it, one remote peer (default: an eighth)", "BYTES")
     memory_per_module: int = _limit(0, "--memory-per-module", "of it, one module (default: half)", "BYTES")
     stream_window: int = _limit(
-        256 * KiB, "--stream-window", "most a peer may send on one stream before the node reads (yamux)", "BYTES"
+        16 * MiB,
+        "--stream-window",
+        "most a peer may send on one stream before the node reads: yamux's window starts at 256 KiB "
+        "and grows while the stream is read fast and memory has room",
+        "BYTES",
     )
     streams: int = _limit(0, "--max-streams", "inbound, and outbound, streams (default: from memory and fds)")
     streams_per_peer: int = _limit(0, "--max-streams-per-peer", "each way, for one remote peer (default: an eighth)")

@@ -21,7 +21,10 @@ Metrics per round:
 Reported as medians with min-max and ratios to direct from the same run;
 JSON and a PNG chart of the ratios go to bench/results/.
 
-    python bench/bench.py [--quick] [--rounds N] [--paths direct,logos,p2pd]
+    python bench/bench.py [--quick] [--rounds N] [--paths direct,logos,p2pd] [--baseline DIR]
+
+--baseline DIR adds the path "base": DIR's src/ (another commit's checkout) run the
+same way as logos and measured in the same rounds, for before/after comparisons.
 """
 
 from __future__ import annotations
@@ -77,8 +80,10 @@ class Target:
         self.addr = ""
         self.server_pid = 0  # whose memory counts
 
-    def spawn(self, argv: list[str], stdin: Any = subprocess.DEVNULL) -> subprocess.Popen[bytes]:
-        proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, stdin=stdin)
+    def spawn(
+        self, argv: list[str], stdin: Any = subprocess.DEVNULL, env: dict[str, str] | None = None
+    ) -> subprocess.Popen[bytes]:
+        proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, stdin=stdin, env=env)
         self.procs.append(proc)
         return proc
 
@@ -108,9 +113,13 @@ def start_direct() -> Target:
     return target
 
 
-def start_logos(workdir: Path, modules: int) -> Target:
-    target = Target("logos")
-    rpc = f"unix:{workdir / 'node.sock'}"
+def start_logos(workdir: Path, modules: int, name: str = "logos", source: Path | None = None) -> Target:
+    """A node and its echo modules; ``source``: run another checkout's ``src/`` instead."""
+    target = Target(name)
+    env = None
+    if source is not None:
+        env = {**os.environ, "PYTHONPATH": str(source / "src")}
+    rpc = f"unix:{workdir / (name + '.sock')}"
     node = target.spawn(
         [
             sys.executable,
@@ -124,12 +133,13 @@ def start_logos(workdir: Path, modules: int) -> Target:
             "--log-level",
             "warning",
             *NODE_ARGS,
-        ]
+        ],
+        env=env,
     )
     target.addr = target.line(node)["addrs"][0]
     target.server_pid = node.pid
     for _ in range(modules):
-        target.line(target.spawn([sys.executable, str(HERE / "_targets.py"), "module", rpc]))
+        target.line(target.spawn([sys.executable, str(HERE / "_targets.py"), "module", rpc], env=env))
     return target
 
 
@@ -397,7 +407,15 @@ async def main(args: argparse.Namespace) -> None:
     rounds = args.rounds or sizes["rounds"]
     paths = args.paths.split(",")
     with tempfile.TemporaryDirectory() as tmp:
-        starters = {"direct": start_direct, "logos": lambda: start_logos(Path(tmp), 20), "p2pd": start_p2pd}
+        starters: dict[str, Callable[[], Target]] = {
+            "direct": start_direct,
+            "logos": lambda: start_logos(Path(tmp), 20),
+            "p2pd": start_p2pd,
+        }
+        if args.baseline:  # another checkout's node and modules, alternating with this one's
+            starters["base"] = lambda: start_logos(Path(tmp), 20, "base", Path(args.baseline).resolve())
+            if "base" not in paths:
+                paths.insert(paths.index("logos") + 1 if "logos" in paths else len(paths), "base")
         progress = Progress((rounds * 4 + 1) * len(paths))
         memory: dict[str, float] = {}
         for path in paths:  # memory first, each on fresh server processes
@@ -446,6 +464,12 @@ if __name__ == "__main__":
     parser.add_argument("--paths", default="direct,logos,p2pd")
     parser.add_argument(
         "--node-args", default="", help="more arguments for the logos-p2p node, e.g. '--stream-window 1048576'"
+    )
+    parser.add_argument(
+        "--baseline",
+        default="",
+        help="a checkout (e.g. `git worktree add /tmp/base HEAD~3`) whose node runs as path 'base', "
+        "alternating with this one's: before/after in one run",
     )
     parsed = parser.parse_args()
     NODE_ARGS.extend(parsed.node_args.split())

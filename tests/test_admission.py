@@ -535,3 +535,33 @@ def test_every_limit_is_a_flag_in_help_and_in_the_readme():
         assert f"`{flag}`" in readme, flag
     assert "`--channel-outbox`" in readme
     assert LimitExceeded  # the family the refusals come back in
+
+
+async def test_a_stream_read_fast_gets_a_wider_window(node_factory, modules):
+    """yamux doubles the window of a stream its reader keeps up with, up to --stream-window;
+    a peer writing into an echo module sees more than the initial 256 KiB of send window."""
+    node = node_factory("--stream-window", str(4 * MiB))
+    module = await modules(node, name="echo")
+    await module.call("register_echo", "e", [ECHO])
+    async with p.open_peer() as peer:
+        stream = await peer.open(node.addr, [ECHO])
+        muxed = stream.muxed_stream
+        widest = 0
+        block = b"g" * (64 * KiB)
+
+        echoed = b""
+
+        async def drain() -> None:
+            nonlocal echoed
+            echoed = await p.read_all(stream, timeout=60)
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(drain)
+            for _ in range(512):  # 32 MiB
+                await _libp2p.write(stream, block)
+                widest = max(widest, muxed.send_window)
+            await _libp2p.close_write(stream)
+        assert echoed == block * 512
+        # py-libp2p may credit reads it batched on top of the window: by less than 256 KiB
+        assert 256 * KiB < widest < 4 * MiB + 256 * KiB, widest
+    await settled(node)

@@ -111,7 +111,6 @@ from libp2p.stream_muxer.exceptions import MuxedConnUnavailable, MuxedStreamErro
 from libp2p.stream_muxer.mplex.constants import CHUNK_SIZE as MPLEX_CHUNK
 from libp2p.stream_muxer.mplex.mplex import Mplex
 from libp2p.stream_muxer.mplex.mplex_stream import MplexStream
-from libp2p.stream_muxer.yamux.yamux import DEFAULT_WINDOW_SIZE as YAMUX_DEFAULT_WINDOW
 from libp2p.stream_muxer.yamux.yamux import HEADER_SIZE as YAMUX_HEADER_SIZE
 from libp2p.stream_muxer.yamux.yamux import MAX_MESSAGE_SIZE as YAMUX_MAX_MESSAGE
 from libp2p.stream_muxer.yamux.yamux import Yamux, YamuxStream
@@ -292,10 +291,12 @@ class Refused(SwarmException):
 class Gate:
     """The node's resource manager as py-libp2p's hooks see it (see the comment above)."""
 
-    def __init__(self, rm: res.ResourceManager, spawn: Any) -> None:
+    def __init__(self, rm: res.ResourceManager, spawn: Any, reader_bound: int = 0) -> None:
         self.rm = rm
         self.spawn = spawn  # spawn(async_fn): run a trio task in the node's nursery
+        self.reader_bound = reader_bound  # most a stream's reader (the bridge) holds beyond the muxer
         self.window = rm.limits.stream_window
+        self.swarm: Any = None  # the swarm it gates (install_gate)
         self.handler_failures = 0
         self._last_failure_log = -math.inf
 
@@ -317,7 +318,8 @@ class Gate:
 def install_gate(host: IHost, gate: Gate) -> None:
     """Have ``gate`` decide admission on ``host`` (see the comment above)."""
     install_fixes()
-    host.get_network()._logos_gate = gate  # type: ignore[attr-defined]
+    gate.swarm = host.get_network()
+    gate.swarm._logos_gate = gate
 
 
 def _gate_of(swarm: Any) -> Gate | None:
@@ -327,9 +329,10 @@ def _gate_of(swarm: Any) -> Gate | None:
 class _Books:
     """What one gated connection holds: its grants, and its muxer's buffered bytes."""
 
-    __slots__ = ("grants", "memory", "peer")
+    __slots__ = ("gate", "grants", "memory", "peer")
 
-    def __init__(self, grants: list[res.Grant], memory: res.MemoryAccount, peer: str) -> None:
+    def __init__(self, gate: Gate, grants: list[res.Grant], memory: res.MemoryAccount, peer: str) -> None:
+        self.gate = gate
         self.grants = grants
         self.memory = memory
         self.peer = peer
@@ -360,7 +363,7 @@ def _release_all(grants: list[res.Grant]) -> None:
 def _adopt_connection(gate: Gate, muxed: Any, grants: list[res.Grant]) -> None:
     """Book a connection until it closes: its grants, its muxer's memory (before it starts)."""
     peer = str(muxed.peer_id)
-    books = _Books(grants, gate.rm.memory_account(gate.rm.peer(peer)), peer)
+    books = _Books(gate, grants, gate.rm.memory_account(gate.rm.peer(peer)), peer)
     muxed._logos_books = books
     if isinstance(muxed, Yamux):  # not started yet: no frame has been read
         muxed.stream_buffers = _Buffers(muxed, books, gate)
@@ -579,22 +582,50 @@ def _capped_autotune(original: Any) -> Any:
     """On a gated connection, a stream's receive window grows (yamux doubles it while the
     reader keeps up) no further than stream_window, and only while the peer's share of
     memory and the node's have room for the bigger window (as go-yamux asks its memory
-    manager): a stream that reads fast gets a wide window, a flood gets none."""
+    manager): a stream that reads fast gets a wide window, a flood gets none.
+
+    Room means room for every window the connection's streams were granted and have
+    not filled yet, besides what is buffered: a peer that sends no more than its windows
+    allow is never reset for lack of memory the node promised it."""
 
     @functools.wraps(original)
     def apply(self: YamuxStream, buffered: int) -> int:
         books = _books(self.conn)
         if books is not None:
-            gate = _gate_of(getattr(self.conn, "swarm", None))
-            cap = gate.window if gate is not None else YAMUX_DEFAULT_WINDOW
             growth = self.target_recv_window  # doubling adds as much again
-            if self.target_recv_window + growth > cap or books.memory.refusing(growth) is not None:
+            if self.target_recv_window + growth > books.gate.window or not _room_to_grow(self.conn, books, growth):
                 self.epoch_start = trio.current_time()
                 return 0
         result: int = original(self, buffered)
         return result
 
     return apply
+
+
+def _promised(conn: Any, reader_bound: int) -> int:
+    """Bytes a connection's streams may still send within the windows they were granted,
+    and that their readers may take from the muxer and hold (which reopens the window)."""
+    streams = getattr(conn, "streams", None)
+    if not isinstance(streams, dict):
+        return 0
+    return sum(max(getattr(stream, "recv_window", 0), 0) + reader_bound for stream in list(streams.values()))
+
+
+def _room_to_grow(conn: Yamux, books: _Books, growth: int) -> bool:
+    """Whether each of the peer's memory scopes holds ``growth`` more besides what is used
+    and promised: the node-wide scope against every gated connection's open windows and
+    readers, the others against the peer's own (what is held counts twice: room is only
+    ever underestimated)."""
+    muxed = [c.muxed_conn for cs in books.gate.swarm.connections.values() for c in cs]
+    gated = [(c, b) for c in muxed if (b := _books(c)) is not None]
+    bound = books.gate.reader_bound
+    mine = sum(_promised(c, bound) for c, b in gated if b.peer == books.peer)
+    everyone = sum(_promised(c, bound) for c, _ in gated)
+    for scope in books.memory.scopes:
+        promised = everyone if scope.kind == "system" else mine
+        if scope.mem_used + promised + growth > scope.mem_limit:
+            return False
+    return True
 
 
 def _install_gate_hooks() -> None:

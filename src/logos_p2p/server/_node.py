@@ -118,7 +118,8 @@ class NodeService:
         self.peer_id = str(self.host.get_id())
         async with open_loops() as loops:
             self.loops = loops
-            _libp2p.install_gate(self.host, _libp2p.Gate(self.rm, loops.spawn_trio))
+            reader_bound = self.limits.rx_buffer + self.limits.push_window  # a bridge's inbound bytes
+            _libp2p.install_gate(self.host, _libp2p.Gate(self.rm, loops.spawn_trio, reader_bound))
             log.info("limits: %s", _limits_line(self.rm.limits))
             loops.spawn_trio(self._flush_refusal_logs)
             async with _libp2p.run_host(self.host, self.config.listen):

@@ -81,9 +81,9 @@ async def peer() -> AsyncIterator[Peer]:
         yield p
 
 
-@pytest.fixture(params=["socket", "push"])
+@pytest.fixture(params=["socket", "push", "pull"])
 def data_path(request: pytest.FixtureRequest) -> str:
-    """The module's data path: every test that starts modules runs on both."""
+    """The module's data path: every test that starts modules runs on each."""
     return str(request.param)
 
 

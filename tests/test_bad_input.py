@@ -20,7 +20,7 @@ import trio
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from logos_p2p import _auth, _schema, _wire
+from logos_p2p import _auth, _frames, _schema
 from logos_p2p.client import connect
 from logos_p2p.errors import (
     FrameTooLarge,
@@ -134,7 +134,7 @@ CORPUS: list[Case] = [
 
 
 async def _frame_over(stream: Any, length: int, max_size: int) -> Any:
-    head = _wire.encode_uvarint(length) if length < 2**64 else b"\xff" * 10 + b"\x01"
+    head = _frames.encode_uvarint(length) if length < 2**64 else b"\xff" * 10 + b"\x01"
     await stream.write(head)  # the echo peer sends the frame header back
     return await stream.read_lp(max_size)
 

@@ -30,7 +30,7 @@ from typing import Any
 import pytest
 import trio
 
-from logos_p2p import _wire
+from logos_p2p import _frames
 from logos_p2p.errors import StreamReset
 from logos_p2p.server import _libp2p
 
@@ -60,7 +60,7 @@ def sha(data: bytes) -> str:
 
 
 def frame(data: bytes) -> bytes:
-    return _wire.encode_uvarint(len(data)) + data
+    return _frames.encode_uvarint(len(data)) + data
 
 
 def run_cell(harness: Harness, kind: str, cell: Any, *args: Any) -> None:

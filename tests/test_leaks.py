@@ -11,9 +11,11 @@ from libp2p.peer.id import ID
 from logos_p2p.errors import StreamReset
 from logos_p2p.server import NodeConfig, NodeService
 from logos_p2p.server._bridge import Bridge
-from logos_p2p.server._registry import ModuleSession, Registration
+from logos_p2p.server._capability_bridge import CapabilitySide
 from logos_p2p.server._resources import MemoryAccount, StreamSlot
 from logos_p2p.server._rpc import RegistrationImpl, StreamImpl
+from logos_p2p.server._session import ModuleSession, Registration
+from logos_p2p.server._socket_bridge import SocketSide
 
 from .conftest import eventually
 from .support import peer as p
@@ -61,7 +63,7 @@ async def embedded(tmp_path, nursery):
     await service.shutdown()
 
 
-TYPES = (Bridge, StreamImpl, ModuleSession, Registration, RegistrationImpl)
+TYPES = (Bridge, CapabilitySide, SocketSide, StreamImpl, ModuleSession, Registration, RegistrationImpl)
 
 
 async def test_streams_and_modules_leave_nothing_behind(embedded, peer, modules, data_path):
@@ -98,13 +100,21 @@ async def test_streams_and_modules_leave_nothing_behind(embedded, peer, modules,
         return service.status()["streams"] == 0 and service.tasks == 0 and service.loops.aio_tasks == aio_expected
 
     await eventually(idle, timeout=10)
-    assert service.streams_total == 120
+    assert service.streams.streams_total == 120
     # every stream's and connection's reservations came back, exactly
     assert service.rm.live == held_by_the_module
     assert service.rm.system.mem_used == 0
     channel = data_path == "socket"  # a data channel is one more descriptor
     assert dict(+service.rm.system.used) == {"modules": 1, "fds": 1 + channel, "polls": 1}
-    expected = {"Bridge": 0, "StreamImpl": 0, "ModuleSession": 1, "Registration": 2, "RegistrationImpl": 2}
+    expected = {
+        "Bridge": 0,
+        "CapabilitySide": 0,
+        "SocketSide": 0,
+        "StreamImpl": 0,
+        "ModuleSession": 1,
+        "Registration": 2,
+        "RegistrationImpl": 2,
+    }
 
     async def collected() -> bool:  # the module's capability releases may still be on their way
         return live(*TYPES) == expected
@@ -117,7 +127,7 @@ async def test_streams_and_modules_leave_nothing_behind(embedded, peer, modules,
     module.kill()  # and a dead module takes its session and registrations with it
 
     async def gone() -> bool:
-        return not service.sessions and len(service.registry) == 0 and service.loops.aio_tasks == 2
+        return not service.sessions and len(service.streams.registry) == 0 and service.loops.aio_tasks == 2
 
     await eventually(gone, timeout=5)
     assert service.rm.live == 0 and not +service.rm.system.used
@@ -128,4 +138,4 @@ async def test_streams_and_modules_leave_nothing_behind(embedded, peer, modules,
         )
 
     await eventually(all_collected, timeout=5)
-    assert service.registry.protocols() == []
+    assert service.streams.registry.protocols() == []

@@ -1,4 +1,4 @@
-"""The node's py-libp2p boundary (server/_libp2p.py), on two in-process hosts, per muxer.
+"""The node's py-libp2p boundary (server/_libp2p/), on two in-process hosts, per muxer.
 
 One test per py-libp2p 0.8.1 gap the adapter closes.
 """
@@ -233,7 +233,7 @@ async def test_a_cancelled_secure_channel_write_still_goes_out_whole():
 
 
 async def test_a_secure_channel_write_stuck_past_the_bound_closes_the_connection(autojump_clock, monkeypatch):
-    monkeypatch.setattr(_libp2p, "WRITE_STALL", 5.0)
+    monkeypatch.setattr(_libp2p._fixes, "WRITE_STALL", 5.0)
     session = _HalfWayWrite()  # never finishes
     write = _libp2p._whole_write(_HalfWayWrite.write)
     started = trio.current_time()

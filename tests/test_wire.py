@@ -6,7 +6,8 @@ from hypothesis import strategies as st
 
 from logos_p2p import _schema
 from logos_p2p import errors as e
-from logos_p2p._wire import RemoteError, decode_uvarint, encode_uvarint, error_to_marker, lp_frame, marker_to_error
+from logos_p2p._frames import decode_uvarint, encode_uvarint, lp_frame
+from logos_p2p._wire import RemoteError, error_to_marker, marker_to_error
 
 # (value, bytes) from the protobuf / multiformats unsigned-varint spec, as nim-libp2p writes them
 VECTORS = [

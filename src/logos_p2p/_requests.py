@@ -9,6 +9,7 @@ read.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable
 from typing import Final
 
@@ -20,6 +21,26 @@ MAX_DIAL_ADDRS: Final = 64  # addresses one open request may ask the node to dia
 MAX_ADDR: Final = 1024  # bytes of one multiaddr
 MAX_PEER_ID: Final = 128  # bytes of a peer id (base58 of a multihash: 46-52 in practice)
 MAX_CHANNEL_MESSAGE: Final = 64 * 1024  # the largest data channel message the node accepts
+MAX_TIMEOUT_MS: Final = 24 * 3600 * 1000  # a timeout travels in milliseconds; 0 = the node's default
+
+
+def timeout_to_ms(timeout: float | None) -> int:
+    """A timeout in seconds (None: the node's default) as it travels."""
+    if timeout is None:
+        return 0
+    if not isinstance(timeout, (int, float)) or not math.isfinite(timeout) or timeout <= 0:
+        raise InvalidArgument(f"a timeout must be a positive number of seconds, not {timeout!r}")
+    ms = max(1, round(timeout * 1000))
+    if ms > MAX_TIMEOUT_MS:
+        raise InvalidArgument(f"a timeout of {timeout:g} s is over {MAX_TIMEOUT_MS // 3_600_000} hours")
+    return ms
+
+
+def timeout_from_ms(ms: int, default: float) -> float:
+    """A timeout as it arrived, in seconds (0: ``default``)."""
+    if ms > MAX_TIMEOUT_MS:
+        raise InvalidArgument(f"timeout over {MAX_TIMEOUT_MS} ms")
+    return ms / 1000 if ms else default
 
 
 def validate_protocol_ids(protocols: Iterable[str], max_count: int = MAX_PROTOCOLS) -> tuple[str, ...]:

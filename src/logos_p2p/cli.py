@@ -130,7 +130,7 @@ def _serve(args: argparse.Namespace) -> int:
     from . import _address
     from .errors import LogosP2PError
     from .server import NodeConfig, NodeService, _debug
-    from .server._bridge import Limits
+    from .server._config import Limits
     from .server._libp2p import parse_addr, quiet_libp2p_logs
     from .server._resources import ResourceLimits
 

@@ -33,6 +33,15 @@ class Cause(enum.Enum):
     LIMIT_EXCEEDED = "limitExceeded"
     PROTOCOL_ERROR = "protocolError"
 
+    @classmethod
+    def parse(cls, name: object) -> Cause:
+        """The cause named ``name`` as it travels (markers, sinks, the data channel); a name
+        this version does not know is a protocol error."""
+        try:
+            return cls(str(name))
+        except ValueError:
+            return cls.PROTOCOL_ERROR
+
 
 class LogosP2PError(Exception):
     """Base of every error raised by logos-p2p."""

@@ -37,11 +37,11 @@ from ..errors import StreamError as StreamError
 from ..errors import StreamReset as StreamReset
 from ..errors import StreamTimeout as StreamTimeout
 from ..errors import Timeout as Timeout
+from ._connect import connect as connect
 from ._node import Node as Node
 from ._node import NodeInfo as NodeInfo
 from ._node import PeerInfo as PeerInfo
 from ._node import Registration as Registration
-from ._node import connect as connect
 from ._stream import Stream as Stream
 
 __all__ = [

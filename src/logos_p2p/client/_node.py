@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import math
 import socket
 import weakref
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
@@ -14,14 +13,12 @@ from functools import partial
 from types import SimpleNamespace
 from typing import Any, TypeVar
 
-import capnp
-
-from .. import _address, _auth, _schema
-from .._kj import kj_loop
-from .._requests import validate_open, validate_protocol_ids
+from .. import _schema
+from .._requests import timeout_to_ms, validate_open, validate_protocol_ids
 from ..errors import Cause, InvalidArgument, LogosP2PError, NodeShutdown, NodeUnavailable, StreamError, Timeout
+from ._capability import CapabilityTransport
 from ._channel import Channel
-from ._stream import Stream, Tuning, _CapabilityTransport, _Core, _Sink
+from ._stream import Stream, _Core
 from ._translate import translate
 
 log = logging.getLogger("logos_p2p.client")
@@ -45,17 +42,6 @@ class NodeInfo:
 class PeerInfo:
     peer_id: str
     addrs: list[str]
-
-
-def _timeout_ms(timeout: float | None) -> int:
-    if timeout is None:
-        return 0
-    if not isinstance(timeout, (int, float)) or not math.isfinite(timeout) or timeout <= 0:
-        raise InvalidArgument(f"a timeout must be a positive number of seconds, not {timeout!r}")
-    ms = max(1, round(timeout * 1000))
-    if ms > 0xFFFFFFFF:
-        raise InvalidArgument(f"a timeout of {timeout:g} s is too long")
-    return ms
 
 
 def _texts(values: Sequence[str] | None, what: str) -> list[str]:
@@ -157,7 +143,9 @@ class Node:
         """How stream bytes move: "socket" (local data channel), "push" or "pull" (RPC)."""
         return "socket" if self._channel is not None else "push" if self._push else "pull"
 
-    async def _start(self, name: str | None, channel: str) -> None:
+    async def _start(self, name: str | None, sockets: str) -> None:
+        """Start: ``sockets`` says whether streams go over a data channel ("socket" -- or
+        fail, "auto" -- when the node offers one, "" -- never)."""
         wait_shutdown = asyncio.ensure_future(self._cap.waitShutdown())
         wait_shutdown.add_done_callback(self._on_shutdown_notice)
         disconnect = asyncio.ensure_future(self._client.on_disconnect())
@@ -167,13 +155,13 @@ class Node:
             _texts([name], "name")
             with translate():
                 await self._cap.setModuleName(moduleName=name)
-        if channel != "no":
+        if sockets:
             try:
                 with translate():
                     offer = await self._cap.dataChannel()
                 self._channel = await Channel.connect(offer.path, bytes(offer.token))
             except (LogosP2PError, OSError) as exc:
-                if channel == "must":
+                if sockets == "socket":
                     raise NodeUnavailable(f"no data channel: {exc}") from exc
                 log.debug("no data channel (%s); bytes go over RPC", exc)
                 return
@@ -210,7 +198,7 @@ class Node:
         self._check_open()
         _texts([addr], "addr")
         with translate(self._is_shutting_down):
-            peer = (await self._cap.connectPeer(addr=addr, timeoutMs=_timeout_ms(timeout))).peer
+            peer = (await self._cap.connectPeer(addr=addr, timeoutMs=timeout_to_ms(timeout))).peer
         return PeerInfo(peer.peerId, list(peer.addrs))
 
     async def disconnect_peer(self, peer_id: str) -> None:
@@ -258,7 +246,7 @@ class Node:
         self._check_open()
         protos = validate_protocol_ids(_texts(protocols, "protocols"))
         channel = self._channel
-        options = {"share": share, "acceptTimeoutMs": _timeout_ms(accept_timeout), "channel": channel is not None}
+        options = {"share": share, "acceptTimeoutMs": timeout_to_ms(accept_timeout), "channel": channel is not None}
         with translate(self._is_shutting_down):
             answer = await self._cap.register(
                 protocols=list(protos), handler=_HandlerImpl(self, handler), options=options
@@ -308,37 +296,36 @@ class Node:
         validate_open(peer_id, protocols, addrs)  # the node's bounds, checked before sending
         if self._channel is not None:
             return await self._open_on_channel(self._channel, peer_id, protocols, addrs, timeout)
-        core = _Core(0)
+        core = _Core()
+        transport = CapabilityTransport(core, push=self._push, shutting_down=self._is_shutting_down)
         stream_args: dict[str, Any] = {
             "peerId": peer_id,
             "protocols": list(protocols),
             "addrs": list(addrs or ()),
-            "timeoutMs": _timeout_ms(timeout),
+            "timeoutMs": timeout_to_ms(timeout),
         }
-        if self._push:
-            core.limit = Tuning.rx_buffer
-            stream_args["sink"] = _Sink(core)
+        if transport.sink is not None:
+            stream_args["sink"] = transport.sink
         with translate(self._is_shutting_down):
             answer = await _answered(self._cap.openStream(**stream_args), timeout)
-        return self._adopt(answer.stream, answer.info, core)
+        return self._track(Stream(transport.attach(answer.stream), core, answer.info), core)
 
     async def _open_on_channel(
         self, channel: Channel, peer_id: str, protocols: Sequence[str], addrs: Sequence[str] | None, timeout: float
     ) -> Stream:
-        opening = channel.open(peer_id, list(protocols), list(addrs or ()), _timeout_ms(timeout))
+        opening = channel.open(peer_id, list(protocols), list(addrs or ()), timeout_to_ms(timeout))
         sock, info = await _answered(opening, timeout)
         return self._adopt_socket(channel, sock, info)
 
     # -- streams and handlers ------------------------------------------------------------------
 
-    def _adopt(self, cap: Any, info: Any, core: _Core | None = None) -> Stream:
-        if core is None:
-            core = _Core(Tuning.rx_buffer)
-        transport = _CapabilityTransport(cap, core, push=self._push, shutting_down=self._is_shutting_down)
-        return self._track(Stream(transport, core, info), core)
+    def _adopt(self, cap: Any, info: Any) -> Stream:
+        core = _Core()
+        transport = CapabilityTransport(core, push=self._push, shutting_down=self._is_shutting_down)
+        return self._track(Stream(transport.attach(cap), core, info), core)
 
     def _adopt_socket(self, channel: Channel, sock: socket.socket, info: dict[str, Any]) -> Stream:
-        core = _Core(Tuning.rx_buffer)
+        core = _Core()
         transport = channel.adopt(sock, core, info["id"])
         stream = self._track(Stream(transport, core, SimpleNamespace(**info)), core)
         weakref.finalize(stream, transport.dropped)
@@ -404,85 +391,3 @@ class Node:
             self._client.close()
         if not self.disconnected.is_set():
             self._on_disconnect()
-
-
-async def _open_tcp(host: str, port: int, token: bytes | None, timeout: float) -> Any:
-    """A TCP connection that passed the node's token authentication, as a capnp stream."""
-    loop = asyncio.get_running_loop()
-    infos = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
-    last: OSError | None = None
-    for family, kind, proto, _name, addr in infos:
-        sock = socket.socket(family, kind, proto)
-        sock.setblocking(False)
-        try:
-            await loop.sock_connect(sock, addr)
-        except OSError as exc:
-            sock.close()
-            last = exc
-            continue
-        try:
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            await _auth.authenticate_to_node(sock, token, timeout)
-            return await capnp.AsyncIoStream.create_connection(sock=sock)
-        except BaseException:
-            sock.close()
-            raise
-    raise last or OSError(f"no address for {host}")
-
-
-@contextlib.asynccontextmanager
-async def connect(
-    address: str | None = None,
-    *,
-    name: str | None = None,
-    timeout: float = 10.0,
-    data_path: str = "auto",
-    token: str | bytes | None = None,
-) -> AsyncIterator[Node]:
-    """Connect to a node's RPC endpoint: ``unix:PATH`` or ``tcp:HOST:PORT``.
-
-    Without ``address``: ``$LOGOS_P2P_RPC``, else the node's default socket.
-    ``name`` labels this module in the node's status. Works on any asyncio
-    loop, including trio-asyncio's.
-
-    ``data_path`` says how stream bytes move: ``"socket"`` -- each stream a
-    unix socket of its own, passed over a data channel beside the RPC
-    connection (local nodes only; the fastest); ``"push"`` -- the node pushes
-    inbound bytes to a capability of this module; ``"pull"`` -- this module
-    asks with ``Stream.read``. ``"auto"`` (the default) takes ``"socket"``
-    when the node offers it, else ``"push"``.
-
-    A TCP endpoint needs the node's token (see ``logos_p2p._auth``): ``token``,
-    else ``$LOGOS_P2P_TOKEN``, else the file ``$LOGOS_P2P_TOKEN_FILE``, else the
-    default token file of a node on this machine. A refusal is
-    :class:`AuthenticationFailed`.
-    """
-    if data_path not in ("auto", "socket", "push", "pull"):
-        raise InvalidArgument("data_path must be 'auto', 'socket', 'push' or 'pull'")
-    target = _address.parse(address) if address else _address.default_address()
-    if target.kind == "tcp" and target.port == 0:
-        raise InvalidArgument("connect needs a port other than 0")
-    async with kj_loop():
-        try:
-            if target.kind == "unix":
-                opening = capnp.AsyncIoStream.create_unix_connection(target.path)
-            else:
-                opening = _open_tcp(target.host, target.port, _auth.client_token(token), timeout)
-            conn = await asyncio.wait_for(opening, timeout)
-        except TimeoutError:
-            raise Timeout(f"connecting to {target} took longer than {timeout:g}s") from None
-        except OSError as exc:
-            raise NodeUnavailable(f"no node at {target}: {exc}") from exc
-        client = capnp.TwoPartyClient(conn, traversal_limit_in_words=RPC_TRAVERSAL_LIMIT_WORDS)
-        cap = client.bootstrap().cast_as(rpc.Node)
-        node = Node(client, cap, str(target), push=data_path != "pull")
-        channel = {"auto": "may", "socket": "must"}.get(data_path, "no")
-        if target.kind != "unix" and channel == "may":
-            channel = "no"
-        try:
-            await node._start(name, channel)
-            yield node
-        finally:
-            await node.aclose()
-            with contextlib.suppress(Exception):
-                conn.close()

@@ -1,50 +1,35 @@
-"""The module's side of a bridged stream.
+"""The module's side of a bridged stream: the public :class:`Stream`.
 
-A :class:`Stream` reads from a local buffer (:class:`_Core`) and writes through
-a bounded window of in-flight ``write`` calls. *How* inbound bytes reach the
-buffer is a data path behind one small interface (:class:`_Path`):
+A :class:`Stream` reads from a local buffer (its :class:`_Core`, whose bytes are a
+:class:`~logos_p2p._rxbuffer.RxBuffer`) and writes through its :class:`Transport`.
+*How* bytes move between the buffer and the node is the data path's transport:
 
-* :class:`_PushPath` -- the node pushes to a ``ByteSink`` the module serves;
-  the sink answers once the bytes fit the buffer, which is the backpressure;
-* :class:`_PullPath` -- the module asks with ``Stream.read(maxBytes, position)``;
-  the position cursor makes a cancelled read lose nothing.
+* :class:`~._capability.CapabilityTransport` -- the ``Stream`` capability, push or
+  pull, over RPC, for any module;
+* :class:`~._socket.SocketTransport` -- a unix socket of its own, for modules on the
+  node's machine.
 
-Either way a read that is cancelled or times out leaves every byte in the
-buffer for the next read. Framing (``read_exactly``, ``read_lp``) happens
-here, on the buffer, for both paths.
-
-The buffer and the push sink never reference the :class:`Stream`: when the
-module drops its Stream without closing it, the capability is released and
-the node resets the libp2p stream.
+Either way a read that is cancelled or times out leaves every byte in the buffer for
+the next read. Framing (``read_exactly``, ``read_lp``) happens here, on the buffer,
+for every path.
 """
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import logging
 import warnings
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
-from .. import _schema, _wire
+from .._exclusive import Exclusive
+from .._frames import lp_frame
+from .._rxbuffer import RxBuffer
 from .._state import WRITABLE, Event, State, StreamState
 from .._waiters import AioWaiters
-from ..errors import (
-    Busy,
-    Cause,
-    EndOfStream,
-    FrameTooLarge,
-    IncompleteRead,
-    InvalidArgument,
-    LimitExceeded,
-    LogosP2PError,
-    StreamReset,
-)
-from ._translate import to_error, translate
+from ..errors import Cause, EndOfStream, IncompleteRead, InvalidArgument, LimitExceeded
 
 log = logging.getLogger("logos_p2p.client")
-rpc = _schema.load()
 
 DEFAULT_MAX_LP = 1024 * 1024
 
@@ -66,27 +51,26 @@ class Tuning:
 
 
 class _Core:
-    """State plus inbound buffer of one stream; shared by the Stream and its sink."""
+    """State plus inbound buffer of one stream; shared by the Stream and its transport."""
 
-    __slots__ = ("__weakref__", "_need", "_waiters", "buf", "limit", "state")
+    __slots__ = ("__weakref__", "_waiters", "limit", "rx", "state")
 
-    def __init__(self, limit: int) -> None:
+    def __init__(self, limit: int = Tuning.rx_buffer) -> None:
         self.state = StreamState()
-        self.buf = bytearray()
-        self._need = 0  # a framed reader needs this many bytes buffered
+        self.rx = RxBuffer()
         self.limit = limit
         self._waiters = AioWaiters()
 
     @property
     def need(self) -> int:
-        return self._need
+        return self.rx.need
 
     @need.setter
     def need(self, n: int) -> None:
         """A reader needs ``n`` bytes buffered. Raising the bound wakes whoever waits
         for room (a parked push), or the buffer stays full below what the reader waits for."""
-        parked = n > self._need and len(self.buf) >= self.limit
-        self._need = n
+        parked = n > self.rx.need and len(self.rx) >= self.limit
+        self.rx.need = n
         if parked:
             self.wake()
 
@@ -98,7 +82,7 @@ class _Core:
 
     def feed(self, data: bytes) -> None:
         if self.state.state in (State.OPEN, State.SEND_CLOSED):
-            self.buf += data
+            self.rx.feed(data)
             self.wake()
 
     def remote_eof(self) -> None:
@@ -108,52 +92,24 @@ class _Core:
     def fail(self, cause: Cause, message: str = "") -> None:
         self.state.reset(cause, message)
         if self.state.is_reset:
-            self.buf.clear()
+            self.rx.clear()
         self.wake()
 
     def take(self, n: int) -> bytes:
-        data = bytes(self.buf[:n])
-        del self.buf[:n]
+        data = self.rx.take(n)
         self.wake()
         return data
 
     def full(self) -> bool:
-        return len(self.buf) >= max(self.limit, self._need) and self.state.state in (State.OPEN, State.SEND_CLOSED)
+        return len(self.rx) >= max(self.limit, self.rx.need) and self.state.state in (State.OPEN, State.SEND_CLOSED)
 
 
-class _Sink(rpc.ByteSink.Server):  # type: ignore[name-defined,misc]
-    """Receives the node's pushes. Holds only the core, never the Stream."""
-
-    def __init__(self, core: _Core) -> None:
-        self._core = core
-
-    async def push(self, data: bytes, **_: Any) -> None:
-        core = self._core
-        core.feed(data)  # before any await: pushes stay in order
-        while core.full():
-            await core.wait()
-
-    async def end(self, reason: Any, **_: Any) -> None:
-        if reason.which() == "eof":
-            if not self._core.state.is_reset:
-                self._core.remote_eof()
-        else:
-            try:
-                cause = Cause(reason.reset)
-            except ValueError:
-                cause = Cause.PROTOCOL_ERROR
-            self._core.fail(cause, reason.message)
-
-
-class _Transport:
+class Transport:
     """How one stream's bytes move between this module and the node.
 
     The :class:`Stream` keeps the state and the inbound buffer (the core);
     a transport fills the buffer and carries writes, half-closes, closes and
-    resets. Two exist: :class:`_CapabilityTransport` (the ``Stream``
-    capability: push or pull, over RPC, for any module) and
-    :class:`~._channel.SocketTransport` (a unix socket of its own, for modules
-    on the node's machine).
+    resets: one per data path (see the module's docstring).
     """
 
     sink: Any = None
@@ -186,145 +142,6 @@ class _Transport:
         raise NotImplementedError
 
 
-class _PushPath:
-    def __init__(self, core: _Core) -> None:
-        self.sink = _Sink(core)
-
-    async def fill(self, core: _Core) -> None:
-        await core.wait()
-
-
-class _PullPath:
-    sink = None
-
-    def __init__(self, cap: Any, shutting_down: Any) -> None:
-        self._cap = cap
-        self._position = 0
-        self._shutting_down = shutting_down
-
-    async def fill(self, core: _Core) -> None:
-        try:
-            with translate(self._shutting_down):
-                answer = await self._cap.read(maxBytes=Tuning.pull_chunk, position=self._position)
-        except StreamReset as exc:
-            core.fail(exc.cause, str(exc))
-            return
-        if answer.next != self._position + len(answer.data):
-            core.fail(Cause.PROTOCOL_ERROR, "the node answered a read out of position")
-            return
-        self._position = answer.next
-        if answer.data:
-            core.feed(answer.data)
-        if answer.eof:
-            core.remote_eof()
-
-    def release(self) -> None:
-        self._cap = None
-
-
-class _Writer:
-    """A bounded window of in-flight write calls; their failures surface on later calls."""
-
-    def __init__(self, cap: Any, core: _Core, shutting_down: Any) -> None:
-        self._cap = cap
-        self._core = core
-        self._shutting_down = shutting_down
-        self._inflight = 0
-        self._calls: set[asyncio.Future[Any]] = set()
-        self.error: LogosP2PError | None = None
-        self._room = asyncio.Event()
-
-    def _raise_if_failed(self) -> None:
-        if self.error is not None:
-            raise self.error
-        self._core.state.check_write()
-
-    async def write(self, view: memoryview) -> None:
-        if not view:
-            self._raise_if_failed()
-            return
-        while True:
-            self._raise_if_failed()
-            chunk = bytes(view[: Tuning.write_chunk])
-            view = view[len(chunk) :]
-            while self._inflight and self._inflight + len(chunk) > Tuning.write_window:
-                self._room.clear()
-                await self._room.wait()
-                self._raise_if_failed()
-            self._send(self._cap.write(data=chunk), len(chunk))
-            if not view:
-                return
-
-    def _send(self, request: Any, size: int) -> None:
-        fut = asyncio.ensure_future(request)
-        self._inflight += size
-        self._calls.add(fut)
-        fut.add_done_callback(lambda f: self._done(f, size))
-
-    def _done(self, fut: asyncio.Future[Any], size: int) -> None:
-        self._inflight -= size
-        self._calls.discard(fut)
-        if not fut.cancelled() and fut.exception() is not None and self.error is None:
-            error = to_error(fut.exception(), self._shutting_down())  # type: ignore[arg-type]
-            self.error = error
-            if isinstance(error, StreamReset):
-                self._core.fail(error.cause, str(error))
-        self._room.set()
-
-    async def flush(self) -> None:
-        """Wait for every write in flight; raise the first failure."""
-        while self._calls:
-            await asyncio.wait(list(self._calls))
-        if self.error is not None:
-            raise self.error
-
-    def cancel(self) -> None:
-        for fut in list(self._calls):
-            fut.cancel()
-        self._cap = None
-
-
-class _CapabilityTransport(_Transport):
-    """The ``Stream`` capability: inbound bytes pushed to a sink or pulled; windowed writes."""
-
-    def __init__(self, cap: Any, core: _Core, *, push: bool, shutting_down: Any) -> None:
-        self._cap: Any = cap
-        self._shutting_down = shutting_down
-        self._path: _PushPath | _PullPath = _PushPath(core) if push else _PullPath(cap, shutting_down)
-        self.sink = self._path.sink
-        self._writer = _Writer(cap, core, shutting_down)
-
-    async def fill(self, core: _Core) -> None:
-        await self._path.fill(core)
-
-    async def write(self, data: memoryview) -> None:
-        await self._writer.write(data)
-
-    async def flush(self) -> None:
-        await self._writer.flush()
-
-    async def send_eof(self) -> None:
-        with translate(self._shutting_down):
-            await self._cap.closeWrite()
-
-    async def close(self, writable: bool) -> None:
-        with translate(self._shutting_down):
-            await self._cap.close()
-
-    async def reset(self) -> None:
-        cap = self._cap
-        self._writer.cancel()
-        if cap is not None:
-            with contextlib.suppress(Exception, asyncio.CancelledError):
-                await cap.reset()
-
-    def release(self) -> None:
-        self._cap = None
-        self._writer.cancel()
-        if isinstance(self._path, _PullPath):
-            self._path.release()
-
-
 class Stream:
     """A libp2p stream handled by this module (inbound or outbound).
 
@@ -340,11 +157,11 @@ class Stream:
     exception. A stream dropped without being closed is reset by the node.
     """
 
-    def __init__(self, transport: _Transport, core: _Core, info: Any) -> None:
+    def __init__(self, transport: Transport, core: _Core, info: Any) -> None:
         self._core = core
         self._t = transport
-        self._reading = False
-        self._writing = False
+        self._reading = Exclusive("another task is reading this stream")
+        self._writing = Exclusive("another task is writing this stream")
         self._released = False
         self.id: int = info.id
         self.protocol: str = info.protocol
@@ -368,14 +185,11 @@ class Stream:
 
     @contextlib.contextmanager
     def _exclusive_read(self) -> Iterator[None]:
-        if self._reading:
-            raise Busy("another task is reading this stream")
-        self._reading = True
-        try:
-            yield
-        finally:
-            self._reading = False
-            self._core.need = 0
+        with self._reading:
+            try:
+                yield
+            finally:
+                self._core.need = 0
 
     async def read(self, max_bytes: int = 65536) -> bytes:
         """Up to ``max_bytes`` bytes as soon as any are available; ``b""`` at end of stream.
@@ -388,7 +202,7 @@ class Stream:
             raise InvalidArgument("max_bytes must be positive")
         core = self._core
         with self._exclusive_read():
-            while not core.buf:
+            while not core.rx:
                 if not core.state.check_read():
                     return b""
                 await self._t.fill(core)
@@ -401,9 +215,9 @@ class Stream:
             raise InvalidArgument("n must not be negative")
         core = self._core
         with self._exclusive_read():
-            while len(core.buf) < n:
+            while len(core.rx) < n:
                 if not core.state.check_read():
-                    partial = core.take(len(core.buf))
+                    partial = core.take(len(core.rx))
                     raise IncompleteRead(f"end of stream after {len(partial)} of {n} bytes", partial)
                 core.need = n
                 await self._t.fill(core)
@@ -420,13 +234,13 @@ class Stream:
         core = self._core
         with self._exclusive_read():
             while core.state.check_read():
-                if len(core.buf) > limit:
+                if len(core.rx) > limit:
                     raise LimitExceeded(f"more than {limit} bytes before end of stream")
-                core.need = len(core.buf) + 1
+                core.need = len(core.rx) + 1
                 await self._t.fill(core)
-            if len(core.buf) > limit:
+            if len(core.rx) > limit:
                 raise LimitExceeded(f"more than {limit} bytes before end of stream")
-            return core.take(len(core.buf))
+            return core.take(len(core.rx))
 
     async def read_lp(self, max_size: int = DEFAULT_MAX_LP) -> bytes:
         """One unsigned-varint length-prefixed frame (as nim-libp2p's ``readLp``).
@@ -440,22 +254,19 @@ class Stream:
         core = self._core
         with self._exclusive_read():
             while True:
-                try:
-                    head = _wire.decode_uvarint(core.buf)
-                except ValueError as exc:
-                    raise FrameTooLarge(f"malformed frame length: {exc}") from exc
-                if head is not None:
-                    length, head_len = head
-                    if length > max_size:
-                        raise FrameTooLarge(f"frame of {length} bytes exceeds max_size {max_size}")
-                    if len(core.buf) >= head_len + length:
-                        core.state.check_read()
-                        core.take(head_len)
-                        return core.take(length)
-                    core.need = head_len + length
+                need = core.need
+                got = core.rx.peek_frame(max_size)  # FrameTooLarge: left unread
+                if got is not None:
+                    core.state.check_read()
+                    core.take(got[1])
+                    return got[0]
+                wanted = core.rx.need
+                if wanted > need:  # the frame's length is known: through the setter, which
+                    core.rx.need = need  # wakes a push parked below it
+                    core.need = wanted
                 if not core.state.check_read():
-                    if core.buf:
-                        partial = core.take(len(core.buf))
+                    if core.rx:
+                        partial = core.take(len(core.rx))
                         raise IncompleteRead("end of stream inside a length-prefixed frame", partial)
                     raise EndOfStream("end of stream before a length-prefixed frame")
                 await self._t.fill(core)
@@ -471,37 +282,25 @@ class Stream:
 
     # -- writing -----------------------------------------------------------------------------
 
-    @contextlib.contextmanager
-    def _exclusive_write(self) -> Iterator[None]:
-        if self._writing:
-            raise Busy("another task is writing this stream")
-        self._writing = True
-        try:
-            yield
-        finally:
-            self._writing = False
-
     async def write(self, data: bytes | bytearray | memoryview) -> None:
         """Send ``data``. Returns once it is in flight; blocks while the window is full.
 
         If cancelled, a prefix of ``data`` may have been sent: reset the stream.
         """
         view = _bytes_view(data)
-        with self._exclusive_write():
+        with self._writing:
             await self._t.write(view)
 
     async def write_lp(self, data: bytes | bytearray | memoryview) -> None:
         """Send one unsigned-varint length-prefixed frame (as nim-libp2p's ``writeLp``)."""
-        view = _bytes_view(data)
-        frame = _wire.encode_uvarint(len(view)) + bytes(view)
-        await self.write(frame)
+        await self.write(lp_frame(_bytes_view(data)))
 
     async def close_write(self) -> None:
         """Half-close: flush writes, then the peer reads end of stream. Reading goes on.
 
         A second call does nothing (as trio's ``send_eof``).
         """
-        with self._exclusive_write():
+        with self._writing:
             if self._core.state.state in (State.SEND_CLOSED, State.DONE):
                 return
             await self._t.flush()
@@ -522,7 +321,7 @@ class Stream:
             await self._t.flush()
             writable = core.state.state in WRITABLE
             core.state.handle(Event.CLOSE)
-            core.buf.clear()
+            core.rx.clear()
             core.wake()
             await self._t.close(writable)
         except BaseException:

@@ -8,8 +8,8 @@ Run it with ``logos-p2p serve``, or embed it in a trio program::
         await node.shutdown()
 """
 
-from ._bridge import Limits as Limits
-from ._node import NodeConfig as NodeConfig
+from ._config import Limits as Limits
+from ._config import NodeConfig as NodeConfig
 from ._node import NodeService as NodeService
 
 __all__ = ["Limits", "NodeConfig", "NodeService"]

@@ -100,7 +100,7 @@ def _loop_lines(node: NodeService) -> Iterator[str]:
 def _node_lines(node: NodeService) -> Iterator[str]:
     yield f"shutting down: {node.shutting_down}; tasks: {node.tasks}; asyncio tasks held: {node.loops.aio_tasks}"
     for session in list(node.sessions.values()):
-        channel = "open" if session.channel is not None and not session.channel.closed else "-"
+        channel = "open" if session.channel_deliver is not None else "-"
         yield (
             f"module {session.id} ({session.name or session.label}): {len(session.registrations)} registrations, "
             f"{len(session.bridges)} streams, data channel {channel}"

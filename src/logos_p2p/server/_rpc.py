@@ -1,8 +1,10 @@
 """The Cap'n Proto faces of the node: Node, Registration and Stream servers.
 
-They are thin: each method checks its arguments, calls the node or a bridge,
-and turns a logos-p2p error into a marker the client reads back
-(:func:`remote_errors`, the node's outgoing error boundary).
+A thin adapter: each method checks its arguments, calls the stream service (streams,
+registrations), the node's :class:`Control` (everything else) or a capability bridge,
+and turns a logos-p2p error into a marker the client reads back (:func:`remote_errors`,
+the node's outgoing error boundary). Inbound streams of its registrations reach the
+module's Handler through :func:`_offer`.
 """
 
 from __future__ import annotations
@@ -10,25 +12,45 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Iterator
+from collections.abc import Coroutine, Iterator
 from functools import partial
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from .. import _schema
+from .._requests import timeout_from_ms
 from .._wire import RemoteError
 from ..errors import Cause, InvalidArgument, LogosP2PError
 from ._bridge import Bridge
-from ._registry import Registration
-from ._resources import POLLS
+from ._capability_bridge import CapabilitySide
+from ._config import NodeConfig
+from ._handoff import Loops
+from ._resources import OPENS, POLLS
+from ._session import Deliver, ModuleSession, Registration
+from ._streams import StreamService
 
 if TYPE_CHECKING:
-    from ._node import NodeService
-    from ._registry import ModuleSession
+    pass
 
 log = logging.getLogger("logos_p2p.node")
 rpc = _schema.load()
+T = TypeVar("T")
 
-MAX_TIMEOUT_MS = 24 * 3600 * 1000
+
+class Control(Protocol):
+    """What the RPC servers need of the node besides its streams."""
+
+    config: NodeConfig
+    loops: Loops
+    streams: StreamService
+    shutdown_started: asyncio.Event
+
+    def info(self) -> dict[str, Any]: ...
+    def status(self) -> dict[str, Any]: ...
+    def peers(self) -> list[dict[str, Any]]: ...
+    async def guard(self, coro: Coroutine[Any, Any, T]) -> T: ...
+    async def connect_peer(self, session: ModuleSession, addr: str, timeout: float) -> dict[str, Any]: ...
+    async def disconnect_peer(self, peer_id: str) -> None: ...
+    def offer_channel(self, session: ModuleSession) -> tuple[str, bytes]: ...
 
 
 @contextlib.contextmanager
@@ -44,17 +66,17 @@ def remote_errors() -> Iterator[None]:
         raise RemoteError(exc) from None
 
 
-def timeout_from_ms(ms: int, default: float) -> float:
-    if ms > MAX_TIMEOUT_MS:
-        raise InvalidArgument(f"timeout over {MAX_TIMEOUT_MS} ms")
-    return ms / 1000 if ms else default
+def first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[-1] if text else type(exc).__name__
 
 
 class NodeImpl(rpc.Node.Server):  # type: ignore[name-defined,misc]
     """The bootstrap capability of one RPC connection."""
 
-    def __init__(self, node: NodeService, session: ModuleSession) -> None:
+    def __init__(self, node: Control, session: ModuleSession) -> None:
         self._node = node
+        self._streams = node.streams
         self._session = session
 
     async def info(self, **_: Any) -> Any:
@@ -76,15 +98,13 @@ class NodeImpl(rpc.Node.Server):  # type: ignore[name-defined,misc]
         with remote_errors():
             if not _context.params._has("handler"):
                 raise InvalidArgument("register needs a handler")
-            accept_ms = options.acceptTimeoutMs
-            reg = self._node.register(
-                self._session,
-                list(protocols),
-                handler,
-                share=options.share,
-                accept_timeout=timeout_from_ms(accept_ms, self._node.config.accept_timeout),
-                channel=options.channel,
-            )
+            accept_timeout = timeout_from_ms(options.acceptTimeoutMs, self._node.config.accept_timeout)
+            deliver: Deliver = partial(_offer, self._node, handler, accept_timeout)
+            if options.channel:
+                if self._session.channel_deliver is None:
+                    raise InvalidArgument("open the data channel before registering with channel=true")
+                deliver = self._session.channel_deliver
+            reg = self._streams.register(self._session, list(protocols), deliver, share=options.share)
             return RegistrationImpl(self._node, reg), reg.id
 
     async def openStream(
@@ -92,24 +112,44 @@ class NodeImpl(rpc.Node.Server):  # type: ignore[name-defined,misc]
     ) -> Any:
         with remote_errors():
             timeout = timeout_from_ms(timeoutMs, self._node.config.open_timeout)
-            bridge = await self._node.guard(
-                self._node.open_stream(self._session, peerId, list(protocols), list(addrs), timeout)
-            )
+            ids = self._streams.check_open(peerId, list(protocols), list(addrs))
+            bridge = await self._node.guard(self._open(peerId, list(ids), list(addrs), timeout))
             try:
-                impl = StreamImpl(bridge)
+                side = bridge.side
+                assert isinstance(side, CapabilitySide)
+                impl = StreamImpl(side)
                 if _context.params._has("sink"):
-                    bridge.attach_sink(sink)
+                    side.attach_sink(sink)
                 return impl, bridge.info.to_capnp()
             except BaseException:
                 bridge.abandon(Cause.CAPABILITY_DROPPED, "the module never received the stream")
                 raise
+
+    async def _open(self, peer: str, protocols: list[str], addrs: list[str], timeout: float) -> Bridge:
+        node, session = self._node, self._session
+        grant = self._streams.begin(session, OPENS)
+
+        async def opened() -> Bridge:
+            bridge = await self._streams.open(session, peer, protocols, addrs, timeout)
+            CapabilitySide(bridge)
+            return bridge
+
+        try:
+            bridge = await node.loops.to_trio(
+                opened,
+                orphan=lambda b: b.abandon(Cause.CAPABILITY_DROPPED, "the module gave up opening the stream"),
+            )
+        finally:
+            grant.release()
+        bridge.start()
+        return bridge
 
     async def status(self, **_: Any) -> Any:
         return self._node.status()
 
     async def waitShutdown(self, **_: Any) -> None:
         with remote_errors():
-            grant = self._node.begin(self._session, POLLS)
+            grant = self._streams.begin(self._session, POLLS)
         try:
             await self._node.shutdown_started.wait()
         finally:
@@ -127,56 +167,93 @@ class NodeImpl(rpc.Node.Server):  # type: ignore[name-defined,misc]
 
 
 class RegistrationImpl(rpc.Registration.Server):  # type: ignore[name-defined,misc]
-    def __init__(self, node: NodeService, reg: Registration) -> None:
+    def __init__(self, node: Control, reg: Registration) -> None:
         self._node = node
         self._reg = reg
 
     def __del__(self) -> None:
         # pycapnp runs this when the module drops the capability or disconnects.
-        self._node.loops.soon(partial(self._node.unregister, self._reg))
+        self._node.loops.soon(partial(self._node.streams.unregister, self._reg))
 
     async def protocols(self, **_: Any) -> Any:
         return list(self._reg.protocols)
 
     async def unregister(self, **_: Any) -> None:
-        self._node.unregister(self._reg)
+        self._node.streams.unregister(self._reg)
 
 
 class StreamImpl(rpc.Stream.Server):  # type: ignore[name-defined,misc]
     """A bridged stream as the module sees it. Dropping it unclosed resets the stream."""
 
-    def __init__(self, bridge: Bridge) -> None:
-        self._bridge = bridge
+    def __init__(self, side: CapabilitySide) -> None:
+        self._side = side
 
     def __del__(self) -> None:
-        self._bridge.dropped()
+        self._side.bridge.dropped()
 
     async def info(self, **_: Any) -> Any:
-        return self._bridge.info.to_capnp()
+        return self._side.bridge.info.to_capnp()
 
     async def read(self, maxBytes: int, position: int, **_: Any) -> Any:
         with remote_errors():
-            return await self._bridge.read_aio(maxBytes, position)
+            return await self._side.read_aio(maxBytes, position)
 
     async def readLp(self, maxSize: int, position: int, **_: Any) -> Any:
         with remote_errors():
-            return await self._bridge.read_lp_aio(maxSize, position)
+            return await self._side.read_lp_aio(maxSize, position)
 
     async def write(self, data: bytes, **_: Any) -> None:
         with remote_errors():
-            await self._bridge.write_aio(data)
+            await self._side.write_aio(data)
 
     async def writeLp(self, data: bytes, **_: Any) -> None:
         with remote_errors():
-            await self._bridge.write_lp_aio(data)
+            await self._side.write_lp_aio(data)
 
     async def closeWrite(self, **_: Any) -> None:
         with remote_errors():
-            await self._bridge.close_write_aio()
+            await self._side.close_write_aio()
 
     async def close(self, **_: Any) -> None:
         with remote_errors():
-            await self._bridge.close_aio()
+            await self._side.close_aio()
 
     async def reset(self, **_: Any) -> None:
-        self._bridge.reset_aio()
+        self._side.reset_aio()
+
+
+# -- inbound streams on the capability path ---------------------------------------------
+
+
+async def _offer(node: Control, handler: Any, accept_timeout: float, reg: Registration, bridge: Bridge) -> None:
+    """``deliver`` of a capability registration (trio): start the stream, then hand it to
+    the module's Handler (asyncio)."""
+    streams = node.streams
+    CapabilitySide(bridge)
+    bridge.start()
+    streams.working += 1
+    node.loops.spawn_aio(_handle(streams, handler, accept_timeout, reg, bridge))
+
+
+async def _handle(
+    streams: StreamService, handler: Any, accept_timeout: float, reg: Registration, bridge: Bridge
+) -> None:
+    try:
+        if not reg.active:
+            bridge.abandon(Cause.HANDLER_FAILED, "the protocol was unregistered", linger=False)
+            return
+        side = bridge.side
+        assert isinstance(side, CapabilitySide)
+        request = handler.handle(stream=StreamImpl(side), info=bridge.info.to_capnp())
+        try:
+            response = await asyncio.wait_for(request, accept_timeout)
+        except TimeoutError:
+            bridge.abandon(Cause.TIMEOUT, "the module did not accept the stream in time", linger=False)
+            return
+        except Exception as exc:
+            bridge.abandon(Cause.HANDLER_FAILED, f"the module's handler failed: {first_line(exc)}", linger=False)
+            return
+        if response._has("sink"):
+            side.attach_sink(response.sink)
+    finally:
+        streams.working -= 1

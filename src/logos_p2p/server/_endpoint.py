@@ -1,0 +1,236 @@
+"""The RPC endpoint: where modules connect (asyncio side).
+
+It binds the unix socket (and the data channel's beside it) or the TCP port, accepts
+connections, charges each a descriptor and a module place before anything else (a TCP
+one also a handshake until it proves the token, see :mod:`logos_p2p._auth`), and serves
+each as a Cap'n Proto connection with a session of its own. Refusals close the
+connection at once (counted, logged in bulk).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import socket
+import stat
+import struct
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import capnp
+
+from .. import _address, _auth
+from ..errors import AuthenticationFailed, Cause, LimitExceeded
+from . import _resources
+from ._config import NodeConfig
+from ._resources import Grant
+from ._session import ModuleSession
+from ._streams import StreamService
+
+log = logging.getLogger("logos_p2p.node")
+
+# bootstrap(session) -> the capability a new connection starts from
+Bootstrap = Callable[[ModuleSession], Any]
+
+
+class Endpoint:
+    def __init__(self, config: NodeConfig, streams: StreamService, bootstrap: Bootstrap) -> None:
+        self.config = config
+        self.streams = streams
+        self.rm = streams.rm
+        self.bootstrap = bootstrap
+        self.address = ""
+        self.token_file = ""
+        self.auth_failures = 0
+        self.data_socket: tuple[socket.socket, str] | None = None  # a unix endpoint's data channel listener
+        self._token: bytes | None = None  # a TCP endpoint's secret
+        self._listener: socket.socket | None = None
+        self._unix_path = ""
+        self._accept_task: asyncio.Task[Any] | None = None
+        self._connections: dict[int, tuple[Any, Any]] = {}
+
+    def bind(self) -> None:
+        address = _address.parse(self.config.rpc) if self.config.rpc else _address.default_address()
+        if address.kind == "unix":
+            sock = bind_unix(Path(address.path))
+            self.address = str(address)
+            data_path = address.path + ".data"
+            self.data_socket = (bind_unix(Path(data_path), socket.SOCK_SEQPACKET), data_path)
+            self._unix_path = address.path
+        else:
+            token_path = self.config.token_file or _auth.default_token_file()
+            if not token_path.parent.exists():
+                token_path.parent.mkdir(mode=0o700, parents=True)
+            self._token = _auth.node_token(token_path)
+            self.token_file = str(token_path)
+            sock = socket.create_server((address.host, address.port), backlog=128, reuse_port=False)
+            host, port = sock.getsockname()[:2]
+            self.address = str(_address.Address("tcp", host=host, port=port))
+        sock.setblocking(False)
+        self._listener = sock
+
+    def start(self, spawn_aio: Callable[[Any], asyncio.Task[Any]]) -> None:
+        assert self._listener is not None
+        self._spawn = spawn_aio
+        self._accept_task = spawn_aio(self._accept_loop(self._listener))
+
+    async def _accept_loop(self, sock: socket.socket) -> None:
+        loop = asyncio.get_running_loop()
+        rm = self.rm
+        while True:
+            try:
+                conn, peer = await loop.sock_accept(sock)
+            except OSError as exc:
+                if self.streams.shutting_down:
+                    return
+                rm.refused(rm.system, _resources.FDS, f"for an RPC connection: {exc}")
+                await asyncio.sleep(0.1)
+                continue
+            grants: list[Grant] = []
+            try:
+                grants.append(rm.grant(_resources.FDS))
+                grants.append(rm.grant(_resources.MODULES))
+                if self._token is not None:
+                    grants.append(rm.grant(_resources.HANDSHAKES, rm.source(str(peer[0]))))
+            except LimitExceeded:
+                _release(grants)
+                with contextlib.suppress(OSError):
+                    conn.close()
+                continue
+            if self._token is None:
+                self._spawn(self._serve_connection(conn, _peer_label(conn, peer), grants))
+            else:
+                self._spawn(self._authenticate(conn, _peer_label(conn, peer), self._token, grants))
+
+    async def _authenticate(self, conn: socket.socket, label: str, token: bytes, grants: list[Grant]) -> None:
+        """A TCP client proves it knows the token before it reaches any capability."""
+        conn.setblocking(False)
+        try:
+            conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            await _auth.authenticate_client(conn, token)
+        except (AuthenticationFailed, OSError, TimeoutError) as exc:
+            self.auth_failures += 1
+            reason = "no answer in time" if isinstance(exc, TimeoutError) else _first_line(exc)
+            self.rm.refused(grants[-1].scopes[-1], "auth", f"from {label}: {reason}")
+            _release(grants)
+            with contextlib.suppress(OSError):
+                conn.close()
+            return
+        grants.pop().release()  # no longer a handshake: a module
+        await self._serve_connection(conn, label, grants)
+
+    async def _serve_connection(self, conn: socket.socket, label: str, grants: list[Grant]) -> None:
+        session = self.streams.new_session(label)
+        log.info("module %s connected (%s)", session.id, label)
+        session.teardown_hooks.append(lambda cause: self._closed_elsewhere(session, cause))
+        server = stream = None
+        try:
+            stream = await capnp.AsyncIoStream.create_connection(sock=conn)
+            server = capnp.TwoPartyServer(
+                stream,
+                bootstrap=self.bootstrap(session),
+                traversal_limit_in_words=self.config.rpc_traversal_limit_words,
+            )
+            self._connections[session.id] = (server, stream)
+            await server.on_disconnect()
+        except Exception as exc:
+            if not self.streams.shutting_down:
+                log.info("module %s connection ended: %s", session.id, _first_line(exc))
+        finally:
+            log.info("module %s disconnected", session.id)
+            self._connections.pop(session.id, None)
+            self.streams.end_session(session, Cause.MODULE_GONE, "the module disconnected")
+            self.streams.forget_session(session)
+            _close_quietly(server, stream)
+            with contextlib.suppress(OSError):
+                conn.close()
+            _release(grants)
+
+    def _closed_elsewhere(self, session: ModuleSession, cause: Cause) -> None:
+        """The session ended while its connection is up (its data channel closed): close it.
+        At shutdown the connection stays for the last answers (:meth:`close_connections`)."""
+        conn = self._connections.get(session.id)
+        if conn is None or cause is Cause.NODE_SHUTDOWN:
+            return
+
+        async def close() -> None:
+            _close_quietly(*conn)
+
+        self._spawn(close())
+
+    async def close_listener(self) -> None:
+        if self._accept_task is not None:
+            self._accept_task.cancel()
+        if self._listener is not None:
+            self._listener.close()
+        if self.data_socket is not None:
+            self.data_socket[0].close()
+        for path in (self._unix_path, self.data_socket[1] if self.data_socket else ""):
+            if path:
+                with contextlib.suppress(OSError):
+                    os.unlink(path)
+
+    async def close_connections(self) -> None:
+        for server, stream in list(self._connections.values()):
+            _close_quietly(server, stream)
+
+
+def _close_quietly(*parts: Any) -> None:
+    for part in parts:
+        if part is not None:
+            with contextlib.suppress(Exception):
+                part.close()
+
+
+def _release(grants: list[Grant]) -> None:
+    for grant in grants:
+        grant.release()
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[-1] if text else type(exc).__name__
+
+
+def _peer_label(conn: socket.socket, peer: Any) -> str:
+    if conn.family == socket.AF_UNIX:
+        try:
+            creds = conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+            pid, uid, _gid = struct.unpack("3i", creds)
+            return f"pid {pid} uid {uid}"
+        except OSError:
+            return "unix"
+    return f"{peer[0]}:{peer[1]}"
+
+
+def bind_unix(path: Path, kind: int = socket.SOCK_STREAM) -> socket.socket:
+    """A listening unix socket, mode 0600, in a directory only this user can enter."""
+    parent = path.parent
+    if not parent.exists():
+        parent.mkdir(mode=0o700, parents=True)
+    if parent == _address.default_socket_dir() and not _address.owner_only(parent):
+        raise PermissionError(f"{parent} must be owned by uid {os.getuid()} with mode 0700")
+    if path.exists() or path.is_symlink():
+        if not stat.S_ISSOCK(path.lstat().st_mode):
+            raise FileExistsError(f"{path} exists and is not a socket")
+        probe = socket.socket(socket.AF_UNIX, kind)
+        try:
+            probe.connect(str(path))
+        except OSError:
+            path.unlink()  # stale: nobody listens
+        else:
+            raise OSError(f"another node is listening on {path}")
+        finally:
+            probe.close()
+    sock = socket.socket(socket.AF_UNIX, kind)
+    old = os.umask(0o177)
+    try:
+        sock.bind(str(path))
+    finally:
+        os.umask(old)
+    os.chmod(path, 0o600)
+    sock.listen(128)
+    return sock

@@ -1,0 +1,404 @@
+"""The node's admission inside py-libp2p: the resource manager's :class:`Gate` hooked
+into the swarm's upgrades, its stream handler and yamux's buffers and windows."""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import functools
+import logging
+import math
+from typing import Any
+
+import trio
+from libp2p.abc import IHost
+from libp2p.network.connection.swarm_connection import SwarmConn
+from libp2p.network.exceptions import SwarmException
+from libp2p.network.swarm import Swarm
+from libp2p.stream_muxer.yamux.yamux import Yamux, YamuxStream
+
+from ...errors import (
+    Cause,
+    LimitExceeded,
+)
+from .. import _resources as res
+from ._fixes import install_fixes
+from ._io import _wake_reader, reset_muxed
+
+log = logging.getLogger("logos_p2p.node")
+
+# py-libp2p's NetStream; its INetStream ABC lacks muxed_stream/close_write, which we use.
+INetStream = Any
+
+# -- the node's admission, inside py-libp2p ------------------------------------------------
+#
+# py-libp2p takes resources where the node cannot see them: it accepts and
+# upgrades connections, accepts streams and negotiates their protocol, and its
+# yamux buffers whatever a peer sends within the windows it granted. A Gate,
+# installed on the node's host only (not on the test peers of the same
+# process), has the node's resource manager decide at each of those points:
+#
+# * a connection is charged a descriptor and a place in the transient and
+#   source scopes while it upgrades, then in its peer's scope until it closes;
+# * an inbound stream is charged before its protocol is negotiated (a
+#   StreamSlot, in the transient scope until the node's handler binds it to a
+#   protocol and a module), and an exception in a protocol handler resets that
+#   stream instead of ending the connection's (or the swarm's) nursery;
+# * a yamux stream's receive window is capped at the limits' stream_window,
+#   the bytes in its buffer are charged to the peer's memory as they arrive
+#   and released as they are read, and a frame beyond the window the peer was
+#   given (a protocol violation) or beyond the peer's share of the memory is
+#   dropped and the stream reset.
+
+
+class Refused(SwarmException):
+    """A connection the resource manager refused (py-libp2p's own exception type, so the
+    swarm treats it as a failed upgrade); ``error`` is the LimitExceeded."""
+
+    def __init__(self, error: LimitExceeded) -> None:
+        super().__init__(str(error))
+        self.error = error
+
+
+class Gate:
+    """The node's resource manager as py-libp2p's hooks see it (see the comment above)."""
+
+    def __init__(self, rm: res.ResourceManager, spawn: Any, reader_bound: int = 0) -> None:
+        self.rm = rm
+        self.spawn = spawn  # spawn(async_fn): run a trio task in the node's nursery
+        self.reader_bound = reader_bound  # most a stream's reader (the bridge) holds beyond the muxer
+        self.window = rm.limits.stream_window
+        self.swarm: Any = None  # the swarm it gates (install_gate)
+        self.handler_failures = 0
+        self._last_failure_log = -math.inf
+
+    def handler_failed(self, net_peer: str, exc: BaseException) -> None:
+        """A protocol handler raised: that stream is reset; log at most once per 10 s."""
+        self.handler_failures += 1
+        now = trio.current_time()
+        if now - self._last_failure_log >= res.LOG_INTERVAL:
+            self._last_failure_log = now
+            log.warning(
+                "a stream from %s failed in its handler (%d so far), reset: %s: %s",
+                net_peer,
+                self.handler_failures,
+                type(exc).__name__,
+                exc,
+            )
+
+
+def install_gate(host: IHost, gate: Gate) -> None:
+    """Have ``gate`` decide admission on ``host`` (see the comment above)."""
+    install_fixes()
+    _install_gate_hooks()
+    gate.swarm = host.get_network()
+    gate.swarm._logos_gate = gate
+
+
+def _gate_of(swarm: Any) -> Gate | None:
+    return getattr(swarm, "_logos_gate", None)
+
+
+class _Books:
+    """What one gated connection holds: its grants, and its muxer's buffered bytes."""
+
+    __slots__ = ("gate", "grants", "memory", "peer")
+
+    def __init__(self, gate: Gate, grants: list[res.Grant], memory: res.MemoryAccount, peer: str) -> None:
+        self.gate = gate
+        self.grants = grants
+        self.memory = memory
+        self.peer = peer
+
+    def close(self) -> None:
+        for grant in self.grants:
+            grant.release()
+        self.memory.close()
+
+
+def _books(conn: Any) -> _Books | None:
+    return getattr(conn, "_logos_books", None)
+
+
+def _endpoint_ip(conn: Any) -> str:
+    try:
+        endpoint = conn.get_remote_address()
+    except Exception:
+        endpoint = None
+    return str(endpoint[0]) if endpoint else "unknown"
+
+
+def _release_all(grants: list[res.Grant]) -> None:
+    for grant in grants:
+        grant.release()
+
+
+def _adopt_connection(gate: Gate, muxed: Any, grants: list[res.Grant]) -> None:
+    """Book a connection until it closes: its grants, its muxer's memory (before it starts)."""
+    peer = str(muxed.peer_id)
+    books = _Books(gate, grants, gate.rm.memory_account(gate.rm.peer(peer)), peer)
+    muxed._logos_books = books
+    if isinstance(muxed, Yamux):  # not started yet: no frame has been read
+        muxed.stream_buffers = _Buffers(muxed, books, gate)
+
+    async def release_when_closed() -> None:
+        try:
+            await muxed.event_closed.wait()
+        finally:
+            books.close()
+
+    gate.spawn(release_when_closed)
+
+
+class _Upgrade:
+    """The grants of the connection this task is upgrading, until ``add_conn`` adopts them."""
+
+    __slots__ = ("adopted", "grants", "source")
+
+    def __init__(self, grants: list[res.Grant], source: res.Scope | None) -> None:
+        self.grants = grants
+        self.source = source  # inbound: the source scope it is charged to while upgrading
+        self.adopted = False
+
+
+_upgrading: contextvars.ContextVar[_Upgrade | None] = contextvars.ContextVar("logos_p2p_upgrading", default=None)
+
+
+def _gated_upgrade(original: Any, direction: str) -> Any:
+    """Charge a descriptor and a connection before py-libp2p upgrades a raw connection."""
+
+    @functools.wraps(original)
+    async def upgrade(self: Swarm, raw_conn: Any, *args: Any, **kwargs: Any) -> Any:
+        gate = _gate_of(self)
+        if gate is None:
+            return await original(self, raw_conn, *args, **kwargs)
+        rm = gate.rm
+        grants: list[res.Grant] = []
+        source = None
+        try:
+            grants.append(rm.grant(res.FDS))
+            if direction == "inbound":
+                source = rm.source(_endpoint_ip(raw_conn))
+                grants.append(rm.grant(res.CONNS_IN, rm.transient, source))
+            else:
+                grants.append(rm.grant(res.CONNS_OUT, rm.peer(str(args[0]))))
+        except LimitExceeded as exc:
+            _release_all(grants)
+            with contextlib.suppress(Exception):
+                await raw_conn.close()
+            raise Refused(exc) from None
+        upgrading = _Upgrade(grants, source)
+        token = _upgrading.set(upgrading)
+        try:
+            return await original(self, raw_conn, *args, **kwargs)
+        finally:
+            _upgrading.reset(token)
+            if not upgrading.adopted:
+                _release_all(grants)
+
+    return upgrade
+
+
+def _gated_add_conn(original: Any) -> Any:
+    """Admit an upgraded connection into its peer's scope, and book it, before it starts."""
+
+    @functools.wraps(original)
+    async def add_conn(self: Swarm, muxed_conn: Any, *args: Any, **kwargs: Any) -> Any:
+        gate = _gate_of(self)
+        upgrading = _upgrading.get()
+        if gate is None or upgrading is None or upgrading.adopted:
+            return await original(self, muxed_conn, *args, **kwargs)
+        rm = gate.rm
+        try:
+            if upgrading.source is not None:  # inbound: now we know who it is
+                upgrading.grants[1].move(drop=[rm.transient, upgrading.source], add=[rm.peer(str(muxed_conn.peer_id))])
+        except LimitExceeded as exc:
+            with contextlib.suppress(Exception):
+                await muxed_conn.close()
+            raise Refused(exc) from None
+        upgrading.adopted = True
+        _adopt_connection(gate, muxed_conn, upgrading.grants)
+        return await original(self, muxed_conn, *args, **kwargs)
+
+    return add_conn
+
+
+def _gated_stream_handler(original: Any) -> Any:
+    """Admit an inbound stream before py-libp2p negotiates it; contain its handler's errors."""
+
+    @functools.wraps(original)
+    async def handle(self: SwarmConn, muxed_stream: Any) -> None:
+        gate = _gate_of(self.swarm)
+        if gate is None:
+            await original(self, muxed_stream)
+            return
+        peer = str(self.muxed_conn.peer_id)
+        try:
+            slot = gate.rm.stream("inbound", peer)
+        except LimitExceeded:
+            with contextlib.suppress(Exception):
+                await muxed_stream.reset()
+            _wake_reader(muxed_stream)
+            return
+        muxed_stream._logos_slot = slot
+        try:
+            await original(self, muxed_stream)
+        except Exception as exc:
+            gate.handler_failed(peer, exc)
+            with contextlib.suppress(Exception):
+                await muxed_stream.reset()
+            _wake_reader(muxed_stream)
+        finally:
+            slot.negotiated()
+            if slot.account is None:  # no module took it: nothing will hold it any more
+                slot.release()
+
+    return handle
+
+
+def stream_slot(net_stream: INetStream) -> res.StreamSlot | None:
+    """The slot the gate gave an inbound stream (None on an ungated host)."""
+    return getattr(net_stream.muxed_stream, "_logos_slot", None)
+
+
+def _refuse(gate: Gate, muxed: YamuxStream, cause: Cause, message: str) -> None:
+    """Drop what a peer sent on ``muxed`` and reset the stream (from sync code)."""
+    if getattr(muxed, "_logos_refused", None) is not None:
+        return
+    muxed._logos_refused = (cause, message)  # type: ignore[attr-defined]
+
+    async def reset_it() -> None:
+        await reset_muxed(muxed)
+
+    gate.spawn(reset_it)
+
+
+class _Buffer(bytearray):
+    """One yamux stream's receive buffer, whose bytes are charged to the peer's memory."""
+
+    __slots__ = ("books", "conn", "gate", "sid")
+
+    def __init__(self, conn: Yamux, sid: int, books: _Books, gate: Gate) -> None:
+        super().__init__()
+        self.conn = conn
+        self.sid = sid
+        self.books = books
+        self.gate = gate
+
+    def extend(self, data: Any) -> None:  # yamux's handle_incoming: before it lowers recv_window
+        n = len(data)
+        stream = self.conn.streams.get(self.sid)
+        if stream is None or getattr(stream, "_logos_refused", None) is not None:
+            return
+        if n > stream.recv_window:
+            _refuse(
+                self.gate,
+                stream,
+                Cause.PROTOCOL_ERROR,
+                f"the peer sent {n} bytes into a receive window of {stream.recv_window}",
+            )
+            return
+        if not self.books.memory.reserve(n):
+            _refuse(self.gate, stream, Cause.LIMIT_EXCEEDED, f"the peer {self.books.peer} holds its share of memory")
+            return
+        super().extend(data)
+
+    def __delitem__(self, key: Any) -> None:
+        before = len(self)
+        super().__delitem__(key)
+        self.books.memory.release(before - len(self))
+
+    def clear(self) -> None:
+        self.books.memory.release(len(self))
+        super().clear()
+
+
+class _Buffers(dict[int, bytearray]):
+    """A yamux connection's buffer table: every buffer a :class:`_Buffer`, released when dropped."""
+
+    def __init__(self, conn: Yamux, books: _Books, gate: Gate) -> None:
+        super().__init__()
+        self.conn = conn
+        self.books = books
+        self.gate = gate
+
+    def __setitem__(self, sid: int, value: bytearray) -> None:
+        buffer = _Buffer(self.conn, sid, self.books, self.gate)
+        if value:
+            buffer.extend(value)
+        old = self.get(sid)
+        if old is not None:
+            old.clear()
+        super().__setitem__(sid, buffer)
+
+    def __delitem__(self, sid: int) -> None:
+        self.pop(sid, None)
+
+    def pop(self, sid: int, *default: Any) -> Any:
+        buffer = super().pop(sid, *default)
+        if buffer:
+            self.books.memory.release(len(buffer))
+        return buffer
+
+    def clear(self) -> None:
+        for buffer in self.values():
+            self.books.memory.release(len(buffer))
+        super().clear()
+
+
+def _capped_autotune(original: Any) -> Any:
+    """On a gated connection, a stream's receive window grows (yamux doubles it while the
+    reader keeps up) no further than stream_window, and only while the peer's share of
+    memory and the node's have room for the bigger window (as go-yamux asks its memory
+    manager): a stream that reads fast gets a wide window, a flood gets none.
+
+    Room means room for every window the connection's streams were granted and have
+    not filled yet, besides what is buffered: a peer that sends no more than its windows
+    allow is never reset for lack of memory the node promised it."""
+
+    @functools.wraps(original)
+    def apply(self: YamuxStream, buffered: int) -> int:
+        books = _books(self.conn)
+        if books is not None:
+            growth = self.target_recv_window  # doubling adds as much again
+            if self.target_recv_window + growth > books.gate.window or not _room_to_grow(self.conn, books, growth):
+                self.epoch_start = trio.current_time()
+                return 0
+        result: int = original(self, buffered)
+        return result
+
+    return apply
+
+
+def _promised(conn: Any, reader_bound: int) -> int:
+    """Bytes a connection's streams may still send within the windows they were granted,
+    and that their readers may take from the muxer and hold (which reopens the window)."""
+    streams = getattr(conn, "streams", None)
+    if not isinstance(streams, dict):
+        return 0
+    return sum(max(getattr(stream, "recv_window", 0), 0) + reader_bound for stream in list(streams.values()))
+
+
+def _room_to_grow(conn: Yamux, books: _Books, growth: int) -> bool:
+    """Whether each of the peer's memory scopes holds ``growth`` more besides what is used
+    and promised: the node-wide scope against every gated connection's open windows and
+    readers, the others against the peer's own (what is held counts twice: room is only
+    ever underestimated)."""
+    muxed = [c.muxed_conn for cs in books.gate.swarm.connections.values() for c in cs]
+    gated = [(c, b) for c in muxed if (b := _books(c)) is not None]
+    bound = books.gate.reader_bound
+    mine = sum(_promised(c, bound) for c, b in gated if b.peer == books.peer)
+    everyone = sum(_promised(c, bound) for c, _ in gated)
+    for scope in books.memory.scopes:
+        promised = everyone if scope.kind == "system" else mine
+        if scope.mem_used + promised + growth > scope.mem_limit:
+            return False
+    return True
+
+
+def _install_gate_hooks() -> None:
+    Swarm.upgrade_inbound_raw_conn = _gated_upgrade(Swarm.upgrade_inbound_raw_conn, "inbound")  # type: ignore[method-assign]
+    Swarm.upgrade_outbound_raw_conn = _gated_upgrade(Swarm.upgrade_outbound_raw_conn, "outbound")  # type: ignore[method-assign]
+    Swarm.add_conn = _gated_add_conn(Swarm.add_conn)  # type: ignore[method-assign]
+    SwarmConn._handle_muxed_stream = _gated_stream_handler(SwarmConn._handle_muxed_stream)  # type: ignore[method-assign]
+    YamuxStream._apply_autotune_epoch = _capped_autotune(YamuxStream._apply_autotune_epoch)  # type: ignore[method-assign]

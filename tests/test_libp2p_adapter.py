@@ -277,3 +277,29 @@ async def test_no_window_update_once_the_peer_has_finished(monkeypatch, how):
             await incoming.receive()
         assert any("syn" in f.flags for f in recorder.of(stream_key(theirs)))  # the record sees this stream
         assert recorder.since(mark, stream_key(theirs)) == []
+
+
+def test_the_gate_hooks_wrap_py_libp2p_once_however_many_nodes_run():
+    """Every node in a process installs the gate; its hooks must wrap py-libp2p once: twice
+    would charge each upgrading connection and each negotiating stream twice."""
+    from libp2p.network.connection.swarm_connection import SwarmConn
+    from libp2p.network.swarm import Swarm
+
+    from logos_p2p.server._libp2p import _gate
+
+    def depth(fn: Any) -> int:
+        n = 0
+        while hasattr(fn, "__wrapped__"):
+            fn, n = fn.__wrapped__, n + 1
+        return n
+
+    _gate._install_gate_hooks()
+    _gate._install_gate_hooks()
+    hooked = (
+        Swarm.upgrade_inbound_raw_conn,
+        Swarm.upgrade_outbound_raw_conn,
+        Swarm.add_conn,
+        SwarmConn._handle_muxed_stream,
+        _libp2p.YamuxStream._apply_autotune_epoch,
+    )
+    assert [depth(fn) for fn in hooked] == [1, 1, 1, 1, 1]

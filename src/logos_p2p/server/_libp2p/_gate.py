@@ -396,7 +396,15 @@ def _room_to_grow(conn: Yamux, books: _Books, growth: int) -> bool:
     return True
 
 
+_hooks_installed = False
+
+
 def _install_gate_hooks() -> None:
+    """Wrap py-libp2p's admission points, once per process (a gate-less swarm passes through)."""
+    global _hooks_installed
+    if _hooks_installed:
+        return
+    _hooks_installed = True
     Swarm.upgrade_inbound_raw_conn = _gated_upgrade(Swarm.upgrade_inbound_raw_conn, "inbound")  # type: ignore[method-assign]
     Swarm.upgrade_outbound_raw_conn = _gated_upgrade(Swarm.upgrade_outbound_raw_conn, "outbound")  # type: ignore[method-assign]
     Swarm.add_conn = _gated_add_conn(Swarm.add_conn)  # type: ignore[method-assign]

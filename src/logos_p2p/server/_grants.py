@@ -92,6 +92,11 @@ class Grant:
         self.scopes = keep + list(add)
 
 
+def release_all(grants: Iterable[Grant]) -> None:
+    for grant in grants:
+        grant.release()
+
+
 class MemoryAccount:
     """The memory one user holds, charged to its scopes as it changes (see the module docstring)."""
 

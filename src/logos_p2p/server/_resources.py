@@ -60,6 +60,7 @@ from ._grants import Grant as Grant
 from ._grants import MemoryAccount as MemoryAccount
 from ._grants import Scope as Scope
 from ._grants import StreamSlot as StreamSlot
+from ._grants import release_all as release_all
 from ._limits import _WHAT
 from ._limits import CONNS_IN as CONNS_IN
 from ._limits import CONNS_OUT as CONNS_OUT

@@ -111,8 +111,7 @@ class _Books:
         self.peer = peer
 
     def close(self) -> None:
-        for grant in self.grants:
-            grant.release()
+        res.release_all(self.grants)
         self.memory.close()
 
 
@@ -126,11 +125,6 @@ def _endpoint_ip(conn: Any) -> str:
     except Exception:
         endpoint = None
     return str(endpoint[0]) if endpoint else "unknown"
-
-
-def _release_all(grants: list[res.Grant]) -> None:
-    for grant in grants:
-        grant.release()
 
 
 def _adopt_connection(gate: Gate, muxed: Any, grants: list[res.Grant]) -> None:
@@ -183,7 +177,7 @@ def _gated_upgrade(original: Any, direction: str) -> Any:
             else:
                 grants.append(rm.grant(res.CONNS_OUT, rm.peer(str(args[0]))))
         except LimitExceeded as exc:
-            _release_all(grants)
+            res.release_all(grants)
             with contextlib.suppress(Exception):
                 await raw_conn.close()
             raise Refused(exc) from None
@@ -194,7 +188,7 @@ def _gated_upgrade(original: Any, direction: str) -> Any:
         finally:
             _upgrading.reset(token)
             if not upgrading.adopted:
-                _release_all(grants)
+                res.release_all(grants)
 
     return upgrade
 
@@ -352,20 +346,28 @@ def _capped_autotune(original: Any) -> Any:
     memory and the node's have room for the bigger window (as go-yamux asks its memory
     manager): a stream that reads fast gets a wide window, a flood gets none.
 
-    Room means room for every window the connection's streams were granted and have
-    not filled yet, besides what is buffered: a peer that sends no more than its windows
-    allow is never reset for lack of memory the node promised it."""
+    Room means room for every window the streams were granted and have not filled yet,
+    besides what is buffered: a peer that sends no more than its windows allow is never
+    reset for lack of memory the node promised it. Yamux decides whether to grow (most
+    calls do not); the room is counted only when it does, and a growth without room is
+    taken back."""
 
     @functools.wraps(original)
     def apply(self: YamuxStream, buffered: int) -> int:
         books = _books(self.conn)
-        if books is not None:
-            growth = self.target_recv_window  # doubling adds as much again
-            if self.target_recv_window + growth > books.gate.window or not _room_to_grow(self.conn, books, growth):
-                self.epoch_start = trio.current_time()
-                return 0
-        result: int = original(self, buffered)
-        return result
+        if books is None:
+            return int(original(self, buffered))
+        target = self.target_recv_window
+        if target * 2 > books.gate.window:  # doubling adds as much again
+            self.epoch_start = trio.current_time()
+            return 0
+        extra = int(original(self, buffered))
+        # the grown window (extra) is in this stream's promise now: count the rest of it
+        if self.target_recv_window > target and not _room_to_grow(self.conn, books, target - extra):
+            self.target_recv_window = target
+            self.recv_window -= extra
+            return 0
+        return extra
 
     return apply
 

@@ -70,3 +70,10 @@ class RemoteError(Exception):
     def __init__(self, error: e.LogosP2PError) -> None:
         super().__init__(error_to_marker(error))
         self.error = error
+
+
+def last_line(exc: BaseException) -> str:
+    """The last line of an error's text (where a marker, or the gist, is): for one-line logs
+    and messages; the type's name when it has no text."""
+    text = str(exc).strip().splitlines()
+    return text[-1] if text else type(exc).__name__

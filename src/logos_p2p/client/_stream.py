@@ -260,10 +260,8 @@ class Stream:
                     core.state.check_read()
                     core.take(got[1])
                     return got[0]
-                wanted = core.rx.need
-                if wanted > need:  # the frame's length is known: through the setter, which
-                    core.rx.need = need  # wakes a push parked below it
-                    core.need = wanted
+                if core.rx.need > need:  # the frame's length is known: a push parked below
+                    core.wake()  # the new bound may go on
                 if not core.state.check_read():
                     if core.rx:
                         partial = core.take(len(core.rx))

@@ -243,16 +243,15 @@ class DataChannel:
         except LimitExceeded as exc:  # counted and logged where it was refused
             bridge.abandon(Cause.LIMIT_EXCEEDED, str(exc), linger=False)
             return
-        theirs = side.module_end
         going = self.send(
             _message(**header),
-            theirs,
-            after=lambda _sent: side.module_end_gone(theirs),
+            side.module_end,
+            after=lambda _sent: side.module_end_gone(),
             stream=bridge.info.id,
             announce=announce,
         )
         if not going:
-            side.module_end_gone(theirs)
+            side.module_end_gone()
             if self.closed:
                 bridge.abandon(Cause.MODULE_GONE, "the module's data channel is closed", linger=False)
             else:  # its outbox is full (counted and logged in send)
@@ -329,10 +328,11 @@ class DataChannel:
     ) -> None:
         try:
             try:
-                if self.closed:
-                    raise NodeShutdown("the module's data channel closed")
+                if self.closed or self.streams.shutting_down:
+                    raise NodeShutdown()
+                ids = self.streams.check_open(peer, protocols, addrs)
                 timeout = timeout_from_ms(timeout_ms, self.config.open_timeout)
-                bridge = await self.streams.open(self.session, peer, protocols, addrs, timeout)
+                bridge = await self.streams.open(self.session, peer, ids, addrs, timeout)
             except LogosP2PError as exc:
                 self.send(_message(openFailed={"request": request, "error": error_to_marker(exc)}))
                 return

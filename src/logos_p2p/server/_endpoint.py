@@ -16,17 +16,18 @@ import os
 import socket
 import stat
 import struct
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any
 
 import capnp
 
 from .. import _address, _auth
+from .._wire import last_line
 from ..errors import AuthenticationFailed, Cause, LimitExceeded
 from . import _resources
 from ._config import NodeConfig
-from ._resources import Grant
+from ._resources import Grant, release_all
 from ._session import ModuleSession
 from ._streams import StreamService
 
@@ -37,8 +38,15 @@ Bootstrap = Callable[[ModuleSession], Any]
 
 
 class Endpoint:
-    def __init__(self, config: NodeConfig, streams: StreamService, bootstrap: Bootstrap) -> None:
+    def __init__(
+        self,
+        config: NodeConfig,
+        streams: StreamService,
+        bootstrap: Bootstrap,
+        spawn: Callable[[Coroutine[Any, Any, Any]], asyncio.Task[Any]],
+    ) -> None:
         self.config = config
+        self._spawn = spawn  # an asyncio task in the node's loops
         self.streams = streams
         self.rm = streams.rm
         self.bootstrap = bootstrap
@@ -72,10 +80,9 @@ class Endpoint:
         sock.setblocking(False)
         self._listener = sock
 
-    def start(self, spawn_aio: Callable[[Any], asyncio.Task[Any]]) -> None:
+    def start(self) -> None:
         assert self._listener is not None
-        self._spawn = spawn_aio
-        self._accept_task = spawn_aio(self._accept_loop(self._listener))
+        self._accept_task = self._spawn(self._accept_loop(self._listener))
 
     async def _accept_loop(self, sock: socket.socket) -> None:
         loop = asyncio.get_running_loop()
@@ -96,7 +103,7 @@ class Endpoint:
                 if self._token is not None:
                     grants.append(rm.grant(_resources.HANDSHAKES, rm.source(str(peer[0]))))
             except LimitExceeded:
-                _release(grants)
+                release_all(grants)
                 with contextlib.suppress(OSError):
                     conn.close()
                 continue
@@ -113,9 +120,9 @@ class Endpoint:
             await _auth.authenticate_client(conn, token)
         except (AuthenticationFailed, OSError, TimeoutError) as exc:
             self.auth_failures += 1
-            reason = "no answer in time" if isinstance(exc, TimeoutError) else _first_line(exc)
+            reason = "no answer in time" if isinstance(exc, TimeoutError) else last_line(exc)
             self.rm.refused(grants[-1].scopes[-1], "auth", f"from {label}: {reason}")
-            _release(grants)
+            release_all(grants)
             with contextlib.suppress(OSError):
                 conn.close()
             return
@@ -138,7 +145,7 @@ class Endpoint:
             await server.on_disconnect()
         except Exception as exc:
             if not self.streams.shutting_down:
-                log.info("module %s connection ended: %s", session.id, _first_line(exc))
+                log.info("module %s connection ended: %s", session.id, last_line(exc))
         finally:
             log.info("module %s disconnected", session.id)
             self._connections.pop(session.id, None)
@@ -147,7 +154,7 @@ class Endpoint:
             _close_quietly(server, stream)
             with contextlib.suppress(OSError):
                 conn.close()
-            _release(grants)
+            release_all(grants)
 
     def _closed_elsewhere(self, session: ModuleSession, cause: Cause) -> None:
         """The session ended while its connection is up (its data channel closed): close it.
@@ -183,16 +190,6 @@ def _close_quietly(*parts: Any) -> None:
         if part is not None:
             with contextlib.suppress(Exception):
                 part.close()
-
-
-def _release(grants: list[Grant]) -> None:
-    for grant in grants:
-        grant.release()
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return text[-1] if text else type(exc).__name__
 
 
 def _peer_label(conn: socket.socket, peer: Any) -> str:

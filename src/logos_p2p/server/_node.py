@@ -70,7 +70,9 @@ class NodeService:
         async with open_loops() as loops:
             self.loops = loops
             self.streams = StreamService(self.host, self.rm, loops, self.config, self._protocols_changed)
-            self.endpoint = Endpoint(self.config, self.streams, lambda session: NodeImpl(self, session))
+            self.endpoint = Endpoint(
+                self.config, self.streams, lambda session: NodeImpl(self, session), loops.spawn_aio
+            )
             reader_bound = self.limits.rx_buffer + self.limits.push_window  # a bridge's inbound bytes
             _libp2p.install_gate(self.host, _libp2p.Gate(self.rm, loops.spawn_trio, reader_bound))
             log.info("limits: %s", _limits_line(self.rm.limits))
@@ -92,16 +94,8 @@ class NodeService:
             sock, path = self.endpoint.data_socket
             channels = self._channels = ChannelListener(self.streams, self.loops, self.config, sock, path)
             self.loops.spawn_trio(channels.serve)
-        self.endpoint.start(self.loops.spawn_aio)
+        self.endpoint.start()
         return self.endpoint.address
-
-    @property
-    def token_file(self) -> str:
-        return self.endpoint.token_file if hasattr(self, "endpoint") else ""
-
-    @property
-    def auth_failures(self) -> int:
-        return self.endpoint.auth_failures
 
     @property
     def sessions(self) -> dict[int, ModuleSession]:
@@ -109,8 +103,8 @@ class NodeService:
 
     def ready_line(self) -> dict[str, Any]:
         line = {"peer_id": self.peer_id, "addrs": self.addrs, "rpc": self.rpc_address}
-        if self.token_file:
-            line["token_file"] = self.token_file
+        if self.endpoint.token_file:
+            line["token_file"] = self.endpoint.token_file
         return line
 
     async def shutdown(self) -> None:
@@ -172,7 +166,7 @@ class NodeService:
             "peerId": self.peer_id,
             **self.streams.status(),
             "tasks": self.tasks,
-            "authFailures": self.auth_failures,
+            "authFailures": self.endpoint.auth_failures,
             **self.rm.status(),
         }
 

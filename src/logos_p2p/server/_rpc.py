@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from .. import _schema
 from .._requests import timeout_from_ms
-from .._wire import RemoteError
+from .._wire import RemoteError, last_line
 from ..errors import Cause, InvalidArgument, LogosP2PError
 from ._bridge import Bridge
 from ._capability_bridge import CapabilitySide
@@ -66,11 +66,6 @@ def remote_errors() -> Iterator[None]:
         raise RemoteError(exc) from None
 
 
-def first_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return text[-1] if text else type(exc).__name__
-
-
 class NodeImpl(rpc.Node.Server):  # type: ignore[name-defined,misc]
     """The bootstrap capability of one RPC connection."""
 
@@ -112,11 +107,9 @@ class NodeImpl(rpc.Node.Server):  # type: ignore[name-defined,misc]
     ) -> Any:
         with remote_errors():
             timeout = timeout_from_ms(timeoutMs, self._node.config.open_timeout)
-            ids = self._streams.check_open(peerId, list(protocols), list(addrs))
-            bridge = await self._node.guard(self._open(peerId, list(ids), list(addrs), timeout))
+            side = await self._node.guard(self._open(peerId, list(protocols), list(addrs), timeout))
+            bridge = side.bridge
             try:
-                side = bridge.side
-                assert isinstance(side, CapabilitySide)
                 impl = StreamImpl(side)
                 if _context.params._has("sink"):
                     side.attach_sink(sink)
@@ -125,24 +118,23 @@ class NodeImpl(rpc.Node.Server):  # type: ignore[name-defined,misc]
                 bridge.abandon(Cause.CAPABILITY_DROPPED, "the module never received the stream")
                 raise
 
-    async def _open(self, peer: str, protocols: list[str], addrs: list[str], timeout: float) -> Bridge:
+    async def _open(self, peer: str, protocols: list[str], addrs: list[str], timeout: float) -> CapabilitySide:
         node, session = self._node, self._session
+        ids = self._streams.check_open(peer, protocols, addrs)
         grant = self._streams.begin(session, OPENS)
 
-        async def opened() -> Bridge:
-            bridge = await self._streams.open(session, peer, protocols, addrs, timeout)
-            CapabilitySide(bridge)
-            return bridge
+        async def opened() -> CapabilitySide:
+            return CapabilitySide(await self._streams.open(session, peer, ids, addrs, timeout))
 
         try:
-            bridge = await node.loops.to_trio(
+            side = await node.loops.to_trio(
                 opened,
-                orphan=lambda b: b.abandon(Cause.CAPABILITY_DROPPED, "the module gave up opening the stream"),
+                orphan=lambda s: s.bridge.abandon(Cause.CAPABILITY_DROPPED, "the module gave up opening the stream"),
             )
         finally:
             grant.release()
-        bridge.start()
-        return bridge
+        side.bridge.start()
+        return side
 
     async def status(self, **_: Any) -> Any:
         return self._node.status()
@@ -229,21 +221,20 @@ async def _offer(node: Control, handler: Any, accept_timeout: float, reg: Regist
     """``deliver`` of a capability registration (trio): start the stream, then hand it to
     the module's Handler (asyncio)."""
     streams = node.streams
-    CapabilitySide(bridge)
+    side = CapabilitySide(bridge)
     bridge.start()
     streams.working += 1
-    node.loops.spawn_aio(_handle(streams, handler, accept_timeout, reg, bridge))
+    node.loops.spawn_aio(_handle(streams, handler, accept_timeout, reg, side))
 
 
 async def _handle(
-    streams: StreamService, handler: Any, accept_timeout: float, reg: Registration, bridge: Bridge
+    streams: StreamService, handler: Any, accept_timeout: float, reg: Registration, side: CapabilitySide
 ) -> None:
+    bridge = side.bridge
     try:
         if not reg.active:
             bridge.abandon(Cause.HANDLER_FAILED, "the protocol was unregistered", linger=False)
             return
-        side = bridge.side
-        assert isinstance(side, CapabilitySide)
         request = handler.handle(stream=StreamImpl(side), info=bridge.info.to_capnp())
         try:
             response = await asyncio.wait_for(request, accept_timeout)
@@ -251,7 +242,7 @@ async def _handle(
             bridge.abandon(Cause.TIMEOUT, "the module did not accept the stream in time", linger=False)
             return
         except Exception as exc:
-            bridge.abandon(Cause.HANDLER_FAILED, f"the module's handler failed: {first_line(exc)}", linger=False)
+            bridge.abandon(Cause.HANDLER_FAILED, f"the module's handler failed: {last_line(exc)}", linger=False)
             return
         if response._has("sink"):
             side.attach_sink(response.sink)

@@ -31,7 +31,7 @@ from .._state import Event, State
 from ..errors import Cause, LimitExceeded
 from . import _libp2p
 from ._bridge import MODULE_KNOWS, Bridge
-from ._resources import FDS, RESOURCE_ERRNOS, Grant, ResourceManager
+from ._resources import FDS, RESOURCE_ERRNOS, Grant, ResourceManager, release_all
 
 if TYPE_CHECKING:
     pass
@@ -81,8 +81,7 @@ class SocketSide:
             self._fds.append(rm.grant(FDS))
             ours, self.module_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         except (LimitExceeded, OSError) as exc:
-            for grant in self._fds:
-                grant.release()
+            release_all(self._fds)
             if isinstance(exc, OSError):
                 raise out_of_descriptors(exc) from exc
             raise
@@ -97,7 +96,7 @@ class SocketSide:
 
     def buffered(self) -> int:
         """Both queues of its socket, and what is on its way."""
-        held = self.passing + self.writing
+        held = self.held()
         sock = self.sock
         if sock is not None and not self._closing_socket:
             with contextlib.suppress(OSError):
@@ -124,9 +123,9 @@ class SocketSide:
 
     # -- the socket ------------------------------------------------------------------
 
-    def module_end_gone(self, theirs: socket.socket) -> None:
+    def module_end_gone(self) -> None:
         """The module's end was sent (or will never be): it is not the node's any more."""
-        theirs.close()
+        self.module_end.close()
         if len(self._fds) == 2:
             self._fds.pop().release()
 
@@ -141,8 +140,7 @@ class SocketSide:
 
         def close(_sent: bool = True) -> None:
             close_raw(sock)
-            for grant in fds:
-                grant.release()
+            release_all(fds)
 
         if told is None or not self.channel.tell_reset(self.bridge.info.id, *told, then=close):
             close()

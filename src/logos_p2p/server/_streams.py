@@ -16,11 +16,10 @@ adopts it; the path that asked gives it its side and starts it.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import trio
@@ -137,15 +136,6 @@ class StreamService:
     def count_reset(self, cause: Cause) -> None:
         self.resets[cause] += 1
 
-    @contextlib.contextmanager
-    def work(self) -> Iterator[None]:
-        """Count a hand-over or an open in progress (``status().tasks``)."""
-        self.working += 1
-        try:
-            yield
-        finally:
-            self.working -= 1
-
     @property
     def tasks(self) -> int:
         return self.working + sum(b.tasks for s in self.sessions.values() for b in s.bridges.values())
@@ -202,19 +192,21 @@ class StreamService:
             self.count_reset(Cause.LIMIT_EXCEEDED)
             await _libp2p.reset(net_stream)
             return
-        bridge = await self._adopt(reg.session, net_stream, "inbound", slot)
+        bridge = await self._adopt(reg.session, net_stream, "inbound", slot, count=True)
         if bridge is not None:
             await reg.deliver(reg, bridge)
 
     async def _adopt(
-        self, session: ModuleSession, net_stream: INetStream, direction: str, slot: StreamSlot
+        self, session: ModuleSession, net_stream: INetStream, direction: str, slot: StreamSlot, count: bool = False
     ) -> Bridge | None:
         """A bridge for a new stream, on its module's books (its side is the data path's to
-        give); None -- the stream reset, the refusal counted -- if the module is closing."""
+        give); None -- the stream reset, the refusal counted if ``count`` (a peer's stream)
+        -- if the module is closing."""
         if session.closed:
             slot.release()
             await _libp2p.reset(net_stream)
-            self.count_reset(Cause.LIMIT_EXCEEDED)
+            if count:
+                self.count_reset(Cause.LIMIT_EXCEEDED)
             return None
         bridge = Bridge(net_stream, direction, session, self.loops, self.limits, slot)
         session.bridges[bridge.info.id] = bridge
@@ -230,9 +222,10 @@ class StreamService:
         return ids
 
     async def open(
-        self, session: ModuleSession, peer: str, protocols: list[str], addrs: list[str], timeout: float
+        self, session: ModuleSession, peer: str, ids: tuple[str, ...], addrs: list[str], timeout: float
     ) -> Bridge:
-        """Open a stream for ``session`` (trio): reserved before dialing (LimitExceeded),
+        """Open a stream for ``session`` (trio) to ``peer`` speaking one of ``ids`` (the
+        request as :meth:`check_open` passed it): reserved before dialing (LimitExceeded),
         bound to its protocol once negotiated, and adopted; the caller gives it its
         module side and starts it.
 
@@ -240,7 +233,6 @@ class StreamService:
         """
         if self.shutting_down or session.closed:
             raise NodeShutdown()
-        ids = self.check_open(peer, protocols, addrs)
         slot = self.rm.stream("outbound", peer, self.rm.module(session.id))
         scope = trio.CancelScope()
         session.opening.add(scope)

@@ -79,11 +79,9 @@ descriptions; 3 is by design there ("yamux has no deadlines").
 
 from libp2p.stream_muxer.yamux.yamux import YamuxStream as YamuxStream
 
-from ._fixes import WRITE_STALL as WRITE_STALL
 from ._fixes import _whole_write as _whole_write
 from ._fixes import install_fixes as install_fixes
 from ._gate import Gate as Gate
-from ._gate import Refused as Refused
 from ._gate import install_gate as install_gate
 from ._gate import stream_slot as stream_slot
 from ._host import advertised_addrs as advertised_addrs
@@ -106,12 +104,10 @@ from ._io import muxer_buffered as muxer_buffered
 from ._io import parse_addr as parse_addr
 from ._io import peer_id_of as peer_id_of
 from ._io import read as read
-from ._io import refusal as refusal
 from ._io import release as release
 from ._io import remote_addr as remote_addr
 from ._io import remote_peer_id as remote_peer_id
 from ._io import reset as reset
-from ._io import reset_muxed as reset_muxed
 from ._io import take as take
 from ._io import wait_ended as wait_ended
 from ._io import wait_more as wait_more

@@ -39,7 +39,6 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
@@ -48,12 +47,12 @@ from typing import Any
 import multiaddr
 import psutil
 import trio
+from _p2pd import echo_rtt, start_driver
 from libp2p import new_host
 from libp2p.peer.peerinfo import info_from_p2p_addr
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
-GO_DIR = ROOT / ".cache" / "interop" / "go"
 PROTO = "/echo/1.0.0"
 NODE_ARGS: list[str] = []  # --node-args
 TARGETS = {
@@ -143,29 +142,11 @@ def start_logos(workdir: Path, modules: int, name: str = "logos", source: Path |
     return target
 
 
-def _discard(pipe: Any) -> None:
-    while pipe.read(65536):
-        pass
-
-
 def start_p2pd() -> Target:
-    if not (GO_DIR / "p2pd").exists():
-        raise SystemExit("p2pd is not installed: run `make peers`")
     target = Target("p2pd")
-    driver = target.spawn(
-        [sys.executable, str(ROOT / "tests" / "interop" / "go_peer.py"), str(GO_DIR / "p2pd"), str(GO_DIR), "yamux"],
-        stdin=subprocess.PIPE,
-    )
-    ready = target.line(driver)
+    driver, ready = start_driver([("handleEcho", PROTO)])
+    target.procs.append(driver)
     target.addr, target.server_pid = ready["addrs"][0], ready["daemonPid"]
-    assert driver.stdin is not None
-    driver.stdin.write(json.dumps({"id": 1, "op": "handleEcho", "protocol": PROTO}).encode() + b"\n")
-    driver.stdin.flush()
-    reply = target.line(driver)
-    if "error" in reply:
-        raise RuntimeError(f"p2pd echo handler: {reply}")
-    # the driver reports every stream on stdout: keep draining it, or it stalls on a full pipe
-    threading.Thread(target=_discard, args=(driver.stdout,), daemon=True).start()
     return target
 
 
@@ -181,15 +162,9 @@ async def read_exactly(stream: Any, n: int) -> bytes:
 
 async def round_trip(host: Any, peer_id: Any, count: int) -> float:
     stream = await host.new_stream(peer_id, [PROTO])
-    payload = b"p" * 32
-    times = []
-    for _ in range(count):
-        started = time.perf_counter()
-        await stream.write(payload)
-        await read_exactly(stream, 32)
-        times.append(time.perf_counter() - started)
+    rtt = await echo_rtt(stream, count)
     await stream.reset()
-    return statistics.median(times) * 1e6
+    return rtt
 
 
 async def echo_throughput(host: Any, peer_id: Any, total: int) -> float:

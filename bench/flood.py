@@ -34,7 +34,6 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from functools import partial
 from pathlib import Path
@@ -46,13 +45,14 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 sys.path.insert(0, str(ROOT))
 
+from _p2pd import echo_rtt, start_driver  # noqa: E402
 from tests.support import peer as p  # noqa: E402
 from tests.support.flood import start_flood  # noqa: E402
 from tests.support.nodeproc import start_node  # noqa: E402
 
-GO_DIR = ROOT / ".cache" / "interop" / "go"
 FLOOD, ECHO = "/flood/1.0.0", "/echo/1.0.0"
 NOFILE = 1024
+RTT_ECHOES = 200  # 32-byte echoes per round-trip figure
 MiB = 1024 * 1024
 BUDGET = 256 * MiB  # logos-p2p's default --memory-budget
 
@@ -138,46 +138,12 @@ def start_logos(workdir: Path) -> Server:
     return server
 
 
-def _discard(pipe: Any) -> None:
-    while pipe.read(65536):
-        pass
-
-
 def start_p2pd() -> Server:
-    if not (GO_DIR / "p2pd").exists():
-        raise SystemExit("p2pd is not installed: run `make peers`")
     server = Server("p2pd")
-    driver = subprocess.Popen(
-        [sys.executable, str(ROOT / "tests" / "interop" / "go_peer.py"), str(GO_DIR / "p2pd"), str(GO_DIR), "yamux"],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-        preexec_fn=_limit_fds,  # the daemon inherits it
-    )
+    driver, ready = start_driver([("handle", FLOOD), ("handleEcho", ECHO)], preexec_fn=_limit_fds)
     server.procs.append(driver)
-    assert driver.stdin is not None and driver.stdout is not None
-    ready = json.loads(driver.stdout.readline())
     server.addr, server.pid = ready["addrs"][0], ready["daemonPid"]
-    for i, (op, proto) in enumerate((("handle", FLOOD), ("handleEcho", ECHO)), 1):
-        driver.stdin.write(json.dumps({"id": i, "op": op, "protocol": proto}).encode() + b"\n")
-        driver.stdin.flush()
-        reply = json.loads(driver.stdout.readline())
-        if "error" in reply:
-            raise RuntimeError(f"p2pd {op}: {reply}")
-    threading.Thread(target=_discard, args=(driver.stdout,), daemon=True).start()
     return server
-
-
-async def echo_rtt(stream: Any, count: int = 200) -> float:
-    times = []
-    for _ in range(count):
-        started = time.perf_counter()
-        await stream.write(b"r" * 32)
-        got = b""
-        while len(got) < 32:
-            got += await stream.read(32 - len(got))
-        times.append(time.perf_counter() - started)
-    return statistics.median(times) * 1e6
 
 
 async def fresh_echo(client: Any, server: Server) -> bool:
@@ -197,7 +163,7 @@ async def run_flood(server: Server, flood: str, size: str) -> dict[str, Any]:
     peers, streams, size_each = FLOODS[size][flood]
     async with p.open_peer() as client, trio.open_nursery() as nursery:
         probe = await client.open(server.addr, [ECHO])
-        idle_us = await echo_rtt(probe)
+        idle_us = await echo_rtt(probe, RTT_ECHOES)
         baseline, rss_before = await server.held(), rss(server.pid)
         peak = rss_before
         sampling = True
@@ -226,7 +192,7 @@ async def run_flood(server: Server, flood: str, size: str) -> dict[str, Any]:
                 with trio.move_on_after(5):
                     await trio.sleep_forever()
             echoing = False
-            during_us = statistics.median(during) if during else await echo_rtt(probe)
+            during_us = statistics.median(during) if during else await echo_rtt(probe, RTT_ECHOES)
             fresh_ok = await fresh_echo(client, server)  # a new stream during the flood
             opened, refused = flooding.total("opened"), flooding.total("refused")
             reset, accepted = flooding.total("reset"), flooding.total("bytes")
@@ -238,7 +204,7 @@ async def run_flood(server: Server, flood: str, size: str) -> dict[str, Any]:
             while (await server.held())[0] > baseline[0] + (4 if server.node is None else 0):  # noqa: ASYNC110
                 await trio.sleep(0.05)  # the state lives in another process
         recovered = None if recovery.cancelled_caught else trio.current_time() - killed
-        after_us = await echo_rtt(probe)
+        after_us = await echo_rtt(probe, RTT_ECHOES)
         sampling = False
     return {
         "target": server.name,

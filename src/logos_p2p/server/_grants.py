@@ -121,22 +121,25 @@ class MemoryAccount:
                 return scope
         return None
 
-    def reserve(self, amount: int) -> bool:
-        """Charge ``amount`` bytes if every scope has room; count and log a refusal."""
+    def _take(self, amount: int) -> Scope | None:
+        """Charge ``amount`` bytes if every scope has room, else count and log the refusal
+        and return the scope without room."""
         scope = self.refusing(amount)
         if scope is not None:
             self._manager.refused(scope, MEMORY, f"of {amount} bytes: over the limit of {scope.name}")
-            return False
+            return scope
         self.force(amount)
-        return True
+        return None
+
+    def reserve(self, amount: int) -> bool:
+        """Charge ``amount`` bytes if every scope has room (a refusal is counted and logged)."""
+        return self._take(amount) is None
 
     def charge(self, amount: int) -> None:
         """:meth:`reserve`, raising LimitExceeded that names the scope without room."""
-        scope = self.refusing(amount)
+        scope = self._take(amount)
         if scope is not None:
-            self._manager.refused(scope, MEMORY, f"of {amount} bytes: over the limit of {scope.name}")
             raise LimitExceeded(f"over the limit of {scope.name}: {scope.mem_limit} {_WHAT[MEMORY]}")
-        self.force(amount)
 
     def force(self, amount: int) -> None:
         """Charge bytes that are already in memory (moved, not new)."""

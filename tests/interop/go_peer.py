@@ -183,21 +183,30 @@ class Daemon:
                 preexec_fn=_die_with_parent,
             )
 
-    def _listening(self) -> bool:
-        return os.path.exists(self.ctl)
-
     async def start(self) -> None:
+        """Start p2pd and ask it who it is, once its control socket takes connections: it
+        binds the socket's file before it listens, so a connection may be refused at first
+        (polling, bounded: the daemon is another process, with nothing to wait on)."""
         self._spawn()
-        for _ in range(200):
-            if self._listening():
-                break
-            await asyncio.sleep(0.05)
-        self.identity = (await self.request(pb.Request(type=pb.Request.IDENTIFY))).identify
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + 10
+        while True:
+            try:
+                self.identity = (await self.request(pb.Request(type=pb.Request.IDENTIFY))).identify
+                return
+            except (FileNotFoundError, ConnectionRefusedError):
+                if loop.time() > deadline or self.proc.poll() is not None:
+                    raise
+                await asyncio.sleep(0.05)
 
     async def request(self, req: Any, keep: bool = False) -> Any:
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         sock.setblocking(False)
-        await asyncio.get_running_loop().sock_connect(sock, self.ctl)
+        try:
+            await asyncio.get_running_loop().sock_connect(sock, self.ctl)
+        except BaseException:
+            sock.close()
+            raise
         conn = Stream(sock)
         await conn.send(frame(req))
         resp = await conn.message(pb.Response)

@@ -134,7 +134,15 @@ async def test_echo_one_mebibyte(conn):
             sent = await c.peer.call("writePattern", key=c.pkey, size=MIB, seed=11, timeout=60)
         assert sha(got["data"]) == sent
         await c.peer.call("closeWrite", key=c.pkey)
-        assert await echoing.result(timeout=20) == MIB
+        if c.peer.kind == "go":
+            # p2pd resets right behind its FIN (see the half-close test): every byte was echoed
+            # and checked above; the module then sees the end of stream or that reset.
+            try:
+                assert await echoing.result(timeout=20) == MIB
+            except StreamReset as e:
+                assert e.cause is Cause.REMOTE_RESET
+        else:
+            assert await echoing.result(timeout=20) == MIB
     else:  # the peer echoes what the module sends
         await c.peer.call("echo", key=c.pkey)
         result = await c.module.call("send_and_receive", c.mkey, MIB, MIB, 12, timeout=60)
@@ -169,10 +177,15 @@ async def test_peer_half_closes_module_reads_eof_and_replies(conn):
     await c.peer.call("closeWrite", key=c.pkey)
     if c.peer.kind == "go":
         # p2pd Close()s the stream (both ways), then its own pending read fails and it resets
-        # the stream right behind the FIN: the bytes arrive intact, then the end or that reset.
-        assert await c.module.stream(c.mkey).read_exactly(8) == b"question"
-        with contextlib.suppress(StreamReset):
-            assert await c.module.stream(c.mkey).read(100) == b""
+        # the stream right behind the FIN. A reset discards what was not yet read (as in
+        # go-libp2p), so a module that reads after the reset arrived sees the reset first: the
+        # bytes intact and then the end or that reset, or the reset alone.
+        try:
+            assert await c.module.stream(c.mkey).read_exactly(8) == b"question"
+            with contextlib.suppress(StreamReset):
+                assert await c.module.stream(c.mkey).read(100) == b""
+        except StreamReset as e:
+            assert e.cause is Cause.REMOTE_RESET
         go_cannot(c, "read after it half-closed")
     assert await c.module.stream(c.mkey).read_all() == b"question"  # then end of stream, not a reset
     await c.module.stream(c.mkey).write(b"answer")

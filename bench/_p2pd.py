@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import signal
 import statistics
 import subprocess
@@ -25,7 +26,7 @@ def start_driver(
 ) -> tuple[subprocess.Popen[bytes], dict[str, Any]]:
     """Start p2pd with its driver, give it ``handlers`` ((op, protocol): ``handle`` holds
     streams, ``handleEcho`` echoes), and keep draining the driver's reports. Returns the
-    driver (the caller kills it, and the daemon by ``daemonPid``) and its ready line."""
+    driver and its ready line; the caller ends both with ``stop_driver``."""
     if not (GO_DIR / "p2pd").exists():
         raise SystemExit("p2pd is not installed: run `make peers`")
     driver = subprocess.Popen(
@@ -46,15 +47,22 @@ def start_driver(
             if "error" in reply:
                 raise RuntimeError(f"p2pd {op}: {reply}")
     except BaseException:
-        for pid in (ready.get("daemonPid"), driver.pid):
-            if pid:
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(pid, signal.SIGKILL)
-        driver.wait()
+        stop_driver(driver, ready)
         raise
     # the driver reports every stream on stdout: keep draining it, or it stalls on a full pipe
     threading.Thread(target=_discard, args=(driver.stdout,), daemon=True).start()
     return driver, ready
+
+
+def stop_driver(driver: subprocess.Popen[bytes], ready: dict[str, Any]) -> None:
+    """SIGKILL the daemon and its driver by PID, and remove the daemon's directory."""
+    for pid in (ready.get("daemonPid"), driver.pid):
+        if pid:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+    driver.wait()
+    if ready.get("daemonDir"):
+        shutil.rmtree(ready["daemonDir"], ignore_errors=True)
 
 
 def _discard(pipe: Any) -> None:

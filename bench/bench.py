@@ -47,7 +47,7 @@ from typing import Any
 import multiaddr
 import psutil
 import trio
-from _p2pd import echo_rtt, start_driver
+from _p2pd import echo_rtt, start_driver, stop_driver
 from libp2p import new_host
 from libp2p.peer.peerinfo import info_from_p2p_addr
 
@@ -78,6 +78,7 @@ class Target:
         self.procs: list[subprocess.Popen[bytes]] = []
         self.addr = ""
         self.server_pid = 0  # whose memory counts
+        self.stops: list[Callable[[], None]] = []  # other ends, run after the processes
 
     def spawn(
         self, argv: list[str], stdin: Any = subprocess.DEVNULL, env: dict[str, str] | None = None
@@ -99,9 +100,8 @@ class Target:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(proc.pid, signal.SIGKILL)
             proc.wait()
-        if self.server_pid and self.name == "p2pd":
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(self.server_pid, signal.SIGKILL)
+        for stop in self.stops:
+            stop()
 
 
 def start_direct() -> Target:
@@ -145,7 +145,7 @@ def start_logos(workdir: Path, modules: int, name: str = "logos", source: Path |
 def start_p2pd() -> Target:
     target = Target("p2pd")
     driver, ready = start_driver([("handleEcho", PROTO)])
-    target.procs.append(driver)
+    target.stops.append(lambda: stop_driver(driver, ready))
     target.addr, target.server_pid = ready["addrs"][0], ready["daemonPid"]
     return target
 

@@ -35,6 +35,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -45,7 +46,7 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 sys.path.insert(0, str(ROOT))
 
-from _p2pd import echo_rtt, start_driver  # noqa: E402
+from _p2pd import echo_rtt, start_driver, stop_driver  # noqa: E402
 from tests.support import peer as p  # noqa: E402
 from tests.support.flood import start_flood  # noqa: E402
 from tests.support.nodeproc import start_node  # noqa: E402
@@ -84,6 +85,7 @@ class Server:
         self.pid = 0
         self.procs: list[subprocess.Popen[bytes]] = []
         self.node: Any = None
+        self.stops: list[Callable[[], None]] = []  # other ends, run after the processes
 
     async def held(self) -> tuple[int, int]:
         """What the server holds that a flood adds to: logos, its streams and stream tasks
@@ -102,9 +104,8 @@ class Server:
             proc.wait()
         if self.node is not None:
             self.node.kill()
-        if self.name == "p2pd" and self.pid:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(self.pid, 9)
+        for stop in self.stops:
+            stop()
 
 
 def _module(rpc: str, scenario: str) -> subprocess.Popen[bytes]:
@@ -141,7 +142,7 @@ def start_logos(workdir: Path) -> Server:
 def start_p2pd() -> Server:
     server = Server("p2pd")
     driver, ready = start_driver([("handle", FLOOD), ("handleEcho", ECHO)], preexec_fn=_limit_fds)
-    server.procs.append(driver)
+    server.stops.append(lambda: stop_driver(driver, ready))
     server.addr, server.pid = ready["addrs"][0], ready["daemonPid"]
     return server
 

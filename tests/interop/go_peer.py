@@ -403,7 +403,7 @@ async def main() -> None:
     daemon = Daemon()
     await daemon.start()
     info = await daemon.info()
-    out({"event": "ready", **info, "daemonPid": daemon.proc.pid})
+    out({"event": "ready", **info, "daemonPid": daemon.proc.pid, "daemonDir": daemon.dir})
     loop = asyncio.get_running_loop()
     reader = asyncio.StreamReader()
     await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)

@@ -11,6 +11,7 @@ import contextlib
 import itertools
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -42,6 +43,7 @@ class InteropPeer:
         self.peer_id = ""
         self.addrs: list[str] = []
         self.daemon_pid: int | None = None  # p2pd, for go
+        self.daemon_dir: str | None = None  # p2pd's control socket and log, for go
         self._ids = itertools.count(1)
         self._pending: dict[int, trio.MemorySendChannel[Any]] = {}
         self._events: defaultdict[str, list[dict[str, Any]]] = defaultdict(list)
@@ -120,11 +122,14 @@ class InteropPeer:
         return int(await self.call("writeLp", key=key, frames=[base64.b64encode(f).decode() for f in frames]))
 
     def kill(self) -> None:
-        """SIGKILL the driver and, for go, its p2pd, each by PID."""
+        """SIGKILL the driver and, for go, its p2pd, each by PID; then remove p2pd's directory
+        (its control socket and log), which the killed driver cannot."""
         for pid in (self.daemon_pid, self.proc.pid if self.proc.returncode is None else None):
             if pid is not None:
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(pid, signal.SIGKILL)
+        if self.daemon_dir is not None:
+            shutil.rmtree(self.daemon_dir, ignore_errors=True)
 
 
 async def start_peer(nursery: trio.Nursery, kind: str, muxer: str = "yamux") -> InteropPeer:
@@ -153,4 +158,5 @@ async def start_peer(nursery: trio.Nursery, kind: str, muxer: str = "yamux") -> 
         raise
     peer.peer_id, peer.addrs = ready["peerId"], ready["addrs"]
     peer.daemon_pid = ready.get("daemonPid")
+    peer.daemon_dir = ready.get("daemonDir")
     return peer

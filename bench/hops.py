@@ -70,6 +70,7 @@ LEAVES = (
     "errors.py",
     "_wire.py",
     "server/_handoff.py",
+    "_kj.py",  # the asyncio loop's own queue (every task start and callback passes it)
     "server/_resources.py",
     "server/_grants.py",
     "server/_limits.py",

@@ -276,6 +276,9 @@ async def handle_block(ctx: Any, key: str, protocols: list[str]) -> str:
     return "left"
 
 
+_held: list[Any] = []
+
+
 async def register_never_answers(ctx: Any, protocols: list[str], accept_timeout: float) -> None:
     """A raw Handler that takes every stream and never answers handle()."""
     from logos_p2p import _schema
@@ -285,7 +288,11 @@ async def register_never_answers(ctx: Any, protocols: list[str], accept_timeout:
     class Silent(rpc.Handler.Server):  # type: ignore[misc,name-defined]
         async def handle(self, stream: Any, info: Any, **_: Any) -> None:
             ctx.emit("offered", info.id)
-            await asyncio.Event().wait()
+            # held here, not only by this call: asyncio keeps a pending task weakly, and a
+            # collected task would drop the stream (a reset of its own, before the timeout)
+            never = asyncio.Event()
+            _held.append((stream, never))
+            await never.wait()
 
     options = {"acceptTimeoutMs": int(accept_timeout * 1000)}
     answer = await ctx.node._cap.register(protocols=protocols, handler=Silent(), options=options)

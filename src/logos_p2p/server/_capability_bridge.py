@@ -40,7 +40,8 @@ log = logging.getLogger("logos_p2p.node")
 class CapabilitySide:
     """The module side of a bridge on the capability path (it makes itself ``bridge.side``)."""
 
-    def __init__(self, bridge: Bridge) -> None:
+    def __init__(self, bridge: Bridge, sink: Any = None) -> None:
+        """``sink``: the module's ByteSink, to push inbound bytes to (see :meth:`attach_sink`)."""
         self.bridge = bridge
         bridge.side = self
         self.tasks = (self._pump, self._writer)
@@ -58,6 +59,8 @@ class CapabilitySide:
         self.tx_bytes = 0  # queued plus being written
         self.eof_wanted = False
         self.tx_changed = Wakeup()
+        if sink is not None:
+            self.attach_sink(sink)
 
     # -- the ModuleSide protocol -----------------------------------------------------
 

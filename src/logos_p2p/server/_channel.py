@@ -330,9 +330,8 @@ class DataChannel:
             try:
                 if self.closed or self.streams.shutting_down:
                     raise NodeShutdown()
-                ids = self.streams.check_open(peer, protocols, addrs)
                 timeout = timeout_from_ms(timeout_ms, self.config.open_timeout)
-                bridge = await self.streams.open(self.session, peer, ids, addrs, timeout)
+                bridge = await self.streams.open(self.session, peer, protocols, addrs, timeout)
             except LogosP2PError as exc:
                 self.send(_message(openFailed={"request": request, "error": error_to_marker(exc)}))
                 return

@@ -16,7 +16,8 @@ So the bridge keeps its state in plain Python and uses:
   (:meth:`Loops.to_trio`, for control operations: dialing, opening streams)
   and an asyncio one from trio code (:meth:`Loops.to_aio`), and schedule a
   callback into trio from *any* context, including ``__del__`` during
-  garbage collection.
+  garbage collection;
+* :class:`Calls` -- the control calls in flight in asyncio, which shutdown cancels.
 
 Swap this module (e.g. for asyncio in its own thread) and only it changes.
 """
@@ -165,6 +166,43 @@ class Loops:
     @property
     def aio_tasks(self) -> int:
         return len(self._aio_tasks)
+
+
+class Calls:
+    """Control calls in flight in asyncio (dials, opens, disconnects): once :meth:`close`
+    is called new ones fail with NodeShutdown, and :meth:`cancel` makes those in flight
+    fail with it too."""
+
+    def __init__(self) -> None:
+        self.closed = False
+        self.tasks: set[asyncio.Task[Any]] = set()
+
+    def __len__(self) -> int:
+        return len(self.tasks)
+
+    async def run(self, coro: Coroutine[Any, Any, T]) -> T:
+        if self.closed:
+            coro.close()
+            raise NodeShutdown()
+        task = asyncio.current_task()
+        assert task is not None
+        self.tasks.add(task)
+        try:
+            return await coro
+        except asyncio.CancelledError:
+            if self.closed:
+                task.uncancel()  # this cancellation is handled: it becomes NodeShutdown
+                raise NodeShutdown() from None
+            raise
+        finally:
+            self.tasks.discard(task)
+
+    def close(self) -> None:
+        self.closed = True
+
+    def cancel(self) -> None:
+        for task in list(self.tasks):
+            task.cancel()
 
 
 def _log_asyncio_error(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:

@@ -16,10 +16,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Coroutine
 from dataclasses import fields
 from functools import partial
-from typing import Any, TypeVar
+from typing import Any
 
 import trio
 
@@ -29,14 +28,13 @@ from . import _libp2p, _resources
 from ._channel_listener import ChannelListener
 from ._config import NodeConfig
 from ._endpoint import Endpoint
-from ._handoff import Loops, open_loops
+from ._handoff import Calls, Loops, open_loops
 from ._resources import ResourceLimits, ResourceManager, derive_limits, descriptor_limit, open_descriptors
 from ._rpc import NodeImpl
 from ._session import ModuleSession
 from ._streams import StreamService
 
 log = logging.getLogger("logos_p2p.node")
-T = TypeVar("T")
 
 
 class NodeService:
@@ -49,7 +47,7 @@ class NodeService:
         self.peer_id = ""
         self.addrs: list[str] = []
         self._stop = trio.Event()
-        self._guarded: set[asyncio.Task[Any]] = set()
+        self.calls = Calls()  # control calls in flight, cancelled at shutdown
         self._channels: ChannelListener | None = None
         self._identify_dirty = False
         self._identify_pushing = False
@@ -113,12 +111,12 @@ class NodeService:
             await self._stop.wait()
             return
         self.shutting_down = self.streams.shutting_down = True
+        self.calls.close()
         log.info("shutting down")
         with trio.move_on_after(self.config.shutdown_grace) as grace:
             await self.loops.to_aio(self._close_listeners)
             self.shutdown_started.set()
-            for task in list(self._guarded):
-                task.cancel()
+            self.calls.cancel()
             for session in list(self.sessions.values()):
                 self.streams.end_session(session, Cause.NODE_SHUTDOWN, "the node is shutting down")
             # Wait for the stream tasks to end and the failed calls to answer. Their
@@ -135,7 +133,7 @@ class NodeService:
                 self.config.shutdown_grace,
                 self.tasks,
                 [b for s in self.sessions.values() for b in s.bridges.values() if b.tasks],
-                [t.get_coro() for t in self._guarded],
+                [t.get_coro() for t in self.calls.tasks],
             )
         self._stop.set()
 
@@ -156,7 +154,7 @@ class NodeService:
     def tasks(self) -> int:
         """Tasks serving streams and calls right now (bridge tasks, hand-overs, opens and
         dials in progress)."""
-        return self.streams.tasks + len(self._guarded)
+        return self.streams.tasks + len(self.calls)
 
     def info(self) -> dict[str, Any]:
         return {"peerId": self.peer_id, "addrs": self.addrs, "version": __version__}
@@ -174,24 +172,6 @@ class NodeService:
         return [{"peerId": p, "addrs": a} for p, a in _libp2p.connected_peers(self.host)]
 
     # -- control operations (asyncio side, called by the RPC servers) ------------------------------
-
-    async def guard(self, coro: Coroutine[Any, Any, T]) -> T:
-        """Run a control operation; at shutdown it fails with NodeShutdown."""
-        if self.shutting_down:
-            coro.close()
-            raise NodeShutdown()
-        task = asyncio.current_task()
-        assert task is not None
-        self._guarded.add(task)
-        try:
-            return await coro
-        except asyncio.CancelledError:
-            if self.shutting_down:
-                task.uncancel()  # this cancellation is handled: it becomes NodeShutdown
-                raise NodeShutdown() from None
-            raise
-        finally:
-            self._guarded.discard(task)
 
     async def connect_peer(self, session: ModuleSession, addr: str, timeout: float) -> dict[str, Any]:
         grant = self.streams.begin(session, _resources.DIALS)

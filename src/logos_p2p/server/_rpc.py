@@ -12,9 +12,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Coroutine, Iterator
+from collections.abc import Iterator
 from functools import partial
-from typing import TYPE_CHECKING, Any, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, Protocol
 
 from .. import _schema
 from .._requests import timeout_from_ms
@@ -23,8 +23,8 @@ from ..errors import Cause, InvalidArgument, LogosP2PError
 from ._bridge import Bridge
 from ._capability_bridge import CapabilitySide
 from ._config import NodeConfig
-from ._handoff import Loops
-from ._resources import OPENS, POLLS
+from ._handoff import Calls, Loops
+from ._resources import POLLS
 from ._session import Deliver, ModuleSession, Registration
 from ._streams import StreamService
 
@@ -33,7 +33,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("logos_p2p.node")
 rpc = _schema.load()
-T = TypeVar("T")
 
 
 class Control(Protocol):
@@ -41,13 +40,13 @@ class Control(Protocol):
 
     config: NodeConfig
     loops: Loops
+    calls: Calls
     streams: StreamService
     shutdown_started: asyncio.Event
 
     def info(self) -> dict[str, Any]: ...
     def status(self) -> dict[str, Any]: ...
     def peers(self) -> list[dict[str, Any]]: ...
-    async def guard(self, coro: Coroutine[Any, Any, T]) -> T: ...
     async def connect_peer(self, session: ModuleSession, addr: str, timeout: float) -> dict[str, Any]: ...
     async def disconnect_peer(self, peer_id: str) -> None: ...
     def offer_channel(self, session: ModuleSession) -> tuple[str, bytes]: ...
@@ -80,11 +79,11 @@ class NodeImpl(rpc.Node.Server):  # type: ignore[name-defined,misc]
     async def connectPeer(self, addr: str, timeoutMs: int, **_: Any) -> Any:
         with remote_errors():
             timeout = timeout_from_ms(timeoutMs, self._node.config.dial_timeout)
-            return await self._node.guard(self._node.connect_peer(self._session, addr, timeout))
+            return await self._node.calls.run(self._node.connect_peer(self._session, addr, timeout))
 
     async def disconnectPeer(self, peerId: str, **_: Any) -> None:
         with remote_errors():
-            await self._node.guard(self._node.disconnect_peer(peerId))
+            await self._node.calls.run(self._node.disconnect_peer(peerId))
 
     async def peers(self, **_: Any) -> Any:
         return self._node.peers()
@@ -107,34 +106,14 @@ class NodeImpl(rpc.Node.Server):  # type: ignore[name-defined,misc]
     ) -> Any:
         with remote_errors():
             timeout = timeout_from_ms(timeoutMs, self._node.config.open_timeout)
-            side = await self._node.guard(self._open(peerId, list(protocols), list(addrs), timeout))
-            bridge = side.bridge
+            make_side = partial(CapabilitySide, sink=sink if _context.params._has("sink") else None)
+            open_it = self._streams.open_aio(self._session, peerId, list(protocols), list(addrs), timeout, make_side)
+            side = await self._node.calls.run(open_it)
             try:
-                impl = StreamImpl(side)
-                if _context.params._has("sink"):
-                    side.attach_sink(sink)
-                return impl, bridge.info.to_capnp()
+                return StreamImpl(side), side.bridge.info.to_capnp()
             except BaseException:
-                bridge.abandon(Cause.CAPABILITY_DROPPED, "the module never received the stream")
+                side.bridge.abandon(Cause.CAPABILITY_DROPPED, "the module never received the stream")
                 raise
-
-    async def _open(self, peer: str, protocols: list[str], addrs: list[str], timeout: float) -> CapabilitySide:
-        node, session = self._node, self._session
-        ids = self._streams.check_open(peer, protocols, addrs)
-        grant = self._streams.begin(session, OPENS)
-
-        async def opened() -> CapabilitySide:
-            return CapabilitySide(await self._streams.open(session, peer, ids, addrs, timeout))
-
-        try:
-            side = await node.loops.to_trio(
-                opened,
-                orphan=lambda s: s.bridge.abandon(Cause.CAPABILITY_DROPPED, "the module gave up opening the stream"),
-            )
-        finally:
-            grant.release()
-        side.bridge.start()
-        return side
 
     async def status(self, **_: Any) -> Any:
         return self._node.status()

@@ -9,8 +9,9 @@ One inbound stream: the gate admitted it before negotiation (a StreamSlot);
 :meth:`StreamService.on_inbound` picks its registration, binds the slot to the protocol
 and the module, puts a :class:`~._bridge.Bridge` on the module's books and calls
 ``deliver``, where the data path gives the bridge its module side and starts it. One
-outbound stream: :meth:`StreamService.open` reserves, dials and negotiates, binds and
-adopts it; the path that asked gives it its side and starts it.
+outbound stream: :meth:`StreamService.open` checks the request, reserves, dials and
+negotiates, binds and adopts it; the path that asked gives it its side and starts it
+(:meth:`StreamService.open_aio` does both for a request made in asyncio).
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import logging
 import time
 from collections import Counter
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 import trio
 
@@ -30,13 +31,20 @@ from . import _libp2p
 from ._bridge import Bridge
 from ._config import NodeConfig
 from ._handoff import Loops
-from ._resources import Grant, ResourceManager, StreamSlot
+from ._resources import OPENS, Grant, ResourceManager, StreamSlot
 from ._session import Deliver, ModuleSession, Registration
 
 if TYPE_CHECKING:
     from libp2p.abc import IHost, INetStream
 
 log = logging.getLogger("logos_p2p.node")
+
+
+class _Side(Protocol):
+    bridge: Bridge
+
+
+S = TypeVar("S", bound=_Side)
 
 
 class Registry:
@@ -215,22 +223,45 @@ class StreamService:
 
     # -- outbound ------------------------------------------------------------------------------
 
-    def check_open(self, peer: str, protocols: list[str], addrs: list[str]) -> tuple[str, ...]:
-        """The protocol ids of an open request, checked with its peer id and addresses."""
-        ids = validate_open(peer, protocols, addrs)
-        _libp2p.peer_id_of(peer)  # InvalidArgument first: a bad id is no reason to count a refusal
-        return ids
+    async def open_aio(
+        self,
+        session: ModuleSession,
+        peer: str,
+        protocols: list[str],
+        addrs: list[str],
+        timeout: float,
+        make_side: Callable[[Bridge], S],
+    ) -> S:
+        """:meth:`open` for a request made in asyncio (an RPC): counted among the module's
+        opens in progress (LimitExceeded), the bridge given its module side by ``make_side``
+        and started. A stream opened for a caller that gave up meanwhile is reset."""
+        grant = self.begin(session, OPENS)
+
+        async def opened() -> S:
+            return make_side(await self.open(session, peer, protocols, addrs, timeout))
+
+        try:
+            side = await self.loops.to_trio(
+                opened,
+                orphan=lambda s: s.bridge.abandon(Cause.CAPABILITY_DROPPED, "the module gave up opening the stream"),
+            )
+        finally:
+            grant.release()
+        side.bridge.start()
+        return side
 
     async def open(
-        self, session: ModuleSession, peer: str, ids: tuple[str, ...], addrs: list[str], timeout: float
+        self, session: ModuleSession, peer: str, protocols: list[str], addrs: list[str], timeout: float
     ) -> Bridge:
-        """Open a stream for ``session`` (trio) to ``peer`` speaking one of ``ids`` (the
-        request as :meth:`check_open` passed it): reserved before dialing (LimitExceeded),
+        """Open a stream for ``session`` (trio) to ``peer`` speaking one of ``protocols``:
+        the request checked (InvalidArgument), reserved before dialing (LimitExceeded),
         bound to its protocol once negotiated, and adopted; the caller gives it its
         module side and starts it.
 
         The module's end or the node's shutdown cancels it: NodeShutdown.
         """
+        ids = validate_open(peer, protocols, addrs)
+        _libp2p.peer_id_of(peer)  # InvalidArgument first: a bad id is no reason to count a refusal
         if self.shutting_down or session.closed:
             raise NodeShutdown()
         slot = self.rm.stream("outbound", peer, self.rm.module(session.id))

@@ -172,7 +172,7 @@ async def test_the_raw_capability_path_pull_reads_and_frames(node, peer):
     assert await p.read_all(holder[0]) == b"\x06framedraw"
 
 
-def test_the_wheel_ships_the_schema(tmp_path):
+def test_the_wheel_ships_the_schema_and_its_types(tmp_path):
     subprocess.run(
         [
             sys.executable,
@@ -193,6 +193,18 @@ def test_the_wheel_ships_the_schema(tmp_path):
     names = zipfile.ZipFile(wheel).namelist()
     assert "logos_p2p/schema/logos_p2p.capnp" in names
     assert "logos_p2p/client/__init__.py" in names and "logos_p2p/server/__init__.py" in names
+    assert "logos_p2p/py.typed" in names  # a module author's type checker reads our annotations
+
+
+def test_the_client_exports_the_whole_error_family_and_no_helpers():
+    import logos_p2p.client as client
+    from logos_p2p import errors
+
+    exported = set(client.__all__)
+    family = {n for n, v in vars(errors).items() if isinstance(v, type) and issubclass(v, errors.LogosP2PError)}
+    assert family | {"Cause"} <= exported
+    assert "reset_error" not in exported and len(exported) == len(client.__all__)
+    assert all(getattr(client, name) is getattr(errors, name) for name in family)
 
 
 async def test_one_handler_serves_several_versions_and_each_stream_knows_its_own(node, peer, modules):

@@ -83,21 +83,16 @@ class RxBuffer:
 
     def take(self, max_bytes: int) -> bytes:
         """Up to ``max_bytes`` bytes (``b""`` when empty)."""
-        got = self.peek(max_bytes)
-        if got is None:
-            return b""
-        self.consume(got[1])
-        return got[0]
+        return self._taken(self.peek(max_bytes)) or b""
 
     def take_exactly(self, n: int) -> bytes | None:
-        got = self.peek_exactly(n)
-        if got is None:
-            return None
-        self.consume(got[1])
-        return got[0]
+        return self._taken(self.peek_exactly(n))
 
     def take_frame(self, max_size: int) -> bytes | None:
-        got = self.peek_frame(max_size)
+        return self._taken(self.peek_frame(max_size))
+
+    def _taken(self, got: tuple[bytes, int] | None) -> bytes | None:
+        """What a peek gave, consumed."""
         if got is None:
             return None
         self.consume(got[1])

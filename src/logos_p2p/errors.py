@@ -214,5 +214,4 @@ __all__ = [
     "StreamReset",
     "StreamTimeout",
     "Timeout",
-    "reset_error",
 ]

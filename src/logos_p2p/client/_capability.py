@@ -24,10 +24,10 @@ from ..errors import Cause, LogosP2PError, StreamReset
 from ._stream import Transport, Tuning, _Core
 from ._translate import to_error, translate
 
-rpc = _schema.load()
+schema = _schema.load()
 
 
-class _Sink(rpc.ByteSink.Server):  # type: ignore[name-defined,misc]
+class _Sink(schema.ByteSink.Server):  # type: ignore[name-defined,misc]
     """Receives the node's pushes. Holds only the core, never the Stream."""
 
     def __init__(self, core: _Core) -> None:

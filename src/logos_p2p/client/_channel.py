@@ -29,7 +29,7 @@ from ._socket import SocketTransport
 from ._stream import _Core
 
 log = logging.getLogger("logos_p2p.client")
-rpc = _schema.load()
+schema = _schema.load()
 
 _FD_SPACE = socket.CMSG_SPACE(4)
 
@@ -156,7 +156,7 @@ class Channel:
                     sock.close()
 
     def _dispatch(self, data: bytes, sock: socket.socket | None) -> None:
-        with rpc.ChannelMessage.from_bytes(data) as msg:
+        with schema.ChannelMessage.from_bytes(data) as msg:
             which = msg.which()
             if which == "inbound":
                 info = msg.inbound.info.to_dict()

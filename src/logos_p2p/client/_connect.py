@@ -15,7 +15,7 @@ from .._kj import kj_loop
 from ..errors import InvalidArgument, NodeUnavailable, Timeout
 from ._node import RPC_TRAVERSAL_LIMIT_WORDS, Node
 
-rpc = _schema.load()
+schema = _schema.load()
 
 
 async def _open_tcp(host: str, port: int, token: bytes | None, timeout: float) -> Any:
@@ -86,7 +86,7 @@ async def connect(
         except OSError as exc:
             raise NodeUnavailable(f"no node at {target}: {exc}") from exc
         client = capnp.TwoPartyClient(conn, traversal_limit_in_words=RPC_TRAVERSAL_LIMIT_WORDS)
-        cap = client.bootstrap().cast_as(rpc.Node)
+        cap = client.bootstrap().cast_as(schema.Node)
         node = Node(client, cap, str(target), push=data_path != "pull")
         sockets = data_path if data_path in ("auto", "socket") else ""
         if target.kind != "unix" and sockets == "auto":

@@ -11,7 +11,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from functools import partial
 from types import SimpleNamespace
-from typing import Any, TypeVar
+from typing import Any, TypedDict, TypeVar, Unpack
 
 from .. import _schema
 from .._requests import timeout_to_ms, validate_open, validate_protocol_ids
@@ -22,7 +22,7 @@ from ._stream import Stream, _Core
 from ._translate import translate
 
 log = logging.getLogger("logos_p2p.client")
-rpc = _schema.load()
+schema = _schema.load()
 
 Handler = Callable[[Stream], Awaitable[None]]
 T = TypeVar("T")
@@ -94,7 +94,7 @@ class Registration:
             await cap.unregister()
 
 
-class _HandlerImpl(rpc.Handler.Server):  # type: ignore[name-defined,misc]
+class _HandlerImpl(schema.Handler.Server):  # type: ignore[name-defined,misc]
     def __init__(self, node: Node, fn: Handler) -> None:
         self._node = weakref.ref(node)
         self._fn = fn
@@ -106,6 +106,13 @@ class _HandlerImpl(rpc.Handler.Server):  # type: ignore[name-defined,misc]
         s = node._adopt(stream, info)
         node._spawn_handler(self._fn, s)
         return s.sink
+
+
+class RegisterOptions(TypedDict, total=False):
+    """The keyword options of :meth:`Node.register`."""
+
+    share: bool
+    accept_timeout: float | None
 
 
 class Node:
@@ -260,15 +267,11 @@ class Node:
 
     @contextlib.asynccontextmanager
     async def handle(
-        self,
-        protocols: Sequence[str],
-        handler: Handler,
-        *,
-        share: bool = False,
-        accept_timeout: float | None = None,
+        self, protocols: Sequence[str], handler: Handler, **options: Unpack[RegisterOptions]
     ) -> AsyncIterator[Registration]:
-        """Serve ``protocols`` with ``handler`` while the block runs."""
-        registration = await self.register(protocols, handler, share=share, accept_timeout=accept_timeout)
+        """Serve ``protocols`` with ``handler`` while the block runs (``options`` as for
+        :meth:`register`)."""
+        registration = await self.register(protocols, handler, **options)
         try:
             yield registration
         finally:

@@ -53,8 +53,8 @@ _ids = itertools.count(1)
 MODULE_KNOWS = frozenset({Cause.LOCAL_RESET, Cause.CAPABILITY_DROPPED, Cause.MODULE_GONE})
 
 
-class Owner(Protocol):
-    """What a bridge reports to: its module's session."""
+class Books(Protocol):
+    """The books a bridge keeps its stream on: its module's session."""
 
     def account(self, bridge: Bridge, bytes_in: int = 0, bytes_out: int = 0) -> None: ...
     def forget(self, bridge: Bridge) -> None: ...
@@ -98,13 +98,13 @@ class Bridge:
         self,
         net_stream: INetStream,
         direction: str,
-        owner: Owner,
+        books: Books,
         loops: Loops,
         limits: Limits,
         slot: StreamSlot,
     ) -> None:
         self.net = net_stream
-        self.owner = owner
+        self.books = books
         self.loops = loops
         self.limits = limits
         # the stream's place in the resource manager, and the bytes the bridge holds
@@ -156,7 +156,7 @@ class Bridge:
         """Bytes went through (for status and the idle timeout)."""
         self.bytes_in += bytes_in
         self.bytes_out += bytes_out
-        self.owner.account(self, bytes_in, bytes_out)
+        self.books.account(self, bytes_in, bytes_out)
 
     # -- the side's tasks ----------------------------------------------------------------
 
@@ -289,7 +289,7 @@ class Bridge:
         if self.wire_error is None and not self.wire_released:
             self.wire_error = reset_error(cause, message)
         if moved:
-            self.owner.count_reset(cause)
+            self.books.count_reset(cause)
             self.side.on_reset(cause, message)
         if self.state.is_reset:
             self.side.drop_inbound()
@@ -334,7 +334,7 @@ class Bridge:
         if state not in (State.DONE, State.CLOSED, State.RESET):
             return
         self.detached = True
-        self.owner.forget(self)
+        self.books.forget(self)
         self.side.detached()
         self.slot.release()
         log.debug("%r: done", self)

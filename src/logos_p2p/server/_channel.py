@@ -43,7 +43,7 @@ if TYPE_CHECKING:
     pass
 
 log = logging.getLogger("logos_p2p.node")
-rpc = _schema.load()
+schema = _schema.load()
 
 MAX_DATAGRAM = 256 * 1024  # the largest it reads whole (to answer an oversize open instead of guessing)
 
@@ -282,7 +282,7 @@ class DataChannel:
             self._bad("a datagram over %d bytes", MAX_DATAGRAM)
             return
         try:
-            with rpc.ChannelMessage.from_bytes(data, traversal_limit_in_words=MAX_DATAGRAM // 8) as msg:
+            with schema.ChannelMessage.from_bytes(data, traversal_limit_in_words=MAX_DATAGRAM // 8) as msg:
                 which = msg.which()
                 if which == "open":
                     self._open_request(msg.open, len(data))

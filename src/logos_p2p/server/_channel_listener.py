@@ -27,7 +27,7 @@ from ._session import ModuleSession
 from ._streams import StreamService
 
 log = logging.getLogger("logos_p2p.node")
-rpc = _schema.load()
+schema = _schema.load()
 
 HELLO_TIMEOUT = 10.0
 
@@ -89,7 +89,7 @@ class ChannelListener:
                 data = await conn.recv(1024)
                 with (
                     contextlib.suppress(Exception),
-                    rpc.ChannelMessage.from_bytes(data, traversal_limit_in_words=128) as msg,
+                    schema.ChannelMessage.from_bytes(data, traversal_limit_in_words=128) as msg,
                 ):
                     if msg.which() == "hello":
                         session = self._tokens.pop(bytes(msg.hello), None)

@@ -52,7 +52,7 @@ from __future__ import annotations
 import logging
 import time
 from collections import Counter
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
 from typing import Any
 
 from ..errors import LimitExceeded
@@ -114,6 +114,24 @@ _NOUN = {
 }
 
 
+# The resources each kind of scope bounds. The ResourceLimits field of one is its name
+# without In/Out ("conns" spelled out), plus the kind's suffix: streamsIn of a peer
+# scope is bounded by streams_per_peer.
+_EACH_WAY = (STREAMS_IN, STREAMS_OUT, CONNS_IN, CONNS_OUT)
+_BOUNDS = {
+    "system": ("", (*_EACH_WAY, MEMORY, FDS, MODULES, HANDSHAKES, OPENS, DIALS, POLLS)),
+    "peer": ("_per_peer", (*_EACH_WAY, MEMORY, NEGOTIATING)),
+    "protocol": ("_per_protocol", (STREAMS_IN, STREAMS_OUT)),
+    "module": ("_per_module", (STREAMS, MEMORY, OPENS, DIALS, POLLS)),
+    "source": ("_per_ip", (CONNS_IN, HANDSHAKES)),
+}
+
+
+def _field(resource_: str, suffix: str) -> str:
+    stem = resource_.removesuffix("In").removesuffix("Out")
+    return ("connections" if stem == "conns" else stem) + suffix
+
+
 class ResourceManager:
     """The only place that decides admission. See the module docstring."""
 
@@ -125,72 +143,36 @@ class ResourceManager:
         self._last_log: dict[tuple[str, str], float] = {}
         self._last_detail: dict[tuple[str, str], str] = {}
         self._scopes: dict[str, Scope] = {}
-        lim = limits
-        self.system = self._scope(
-            "system",
-            "system",
-            {
-                STREAMS_IN: lim.streams,
-                STREAMS_OUT: lim.streams,
-                CONNS_IN: lim.connections,
-                CONNS_OUT: lim.connections,
-                MEMORY: _data(lim.memory),
-                FDS: lim.fds,
-                MODULES: lim.modules,
-                HANDSHAKES: lim.handshakes,
-                OPENS: lim.opens,
-                DIALS: lim.dials,
-                POLLS: lim.polls,
-            },
+        self.system = self._scope("system", "system")
+        # streams still negotiating, and connections still upgrading
+        self.transient = self._scopes["transient"] = Scope(
+            "transient", "transient", {NEGOTIATING: limits.negotiating, CONNS_IN: limits.upgrading}
         )
-        self.transient = self._scope("transient", "transient", {NEGOTIATING: lim.negotiating, CONNS_IN: lim.upgrading})
 
     # -- scopes -------------------------------------------------------------------------
 
-    def _scope(self, kind: str, name: str, limits: Mapping[str, int]) -> Scope:
+    def _scope(self, kind: str, name: str) -> Scope:
+        """The scope ``name`` of ``kind``, made on first use (see _BOUNDS)."""
         scope = self._scopes.get(name)
         if scope is None:
+            suffix, resources = _BOUNDS[kind]
+            limits = {resource_: getattr(self.limits, _field(resource_, suffix)) for resource_ in resources}
+            if MEMORY in limits:
+                limits[MEMORY] = _data(limits[MEMORY])
             scope = self._scopes[name] = Scope(kind, name, limits)
         return scope
 
     def peer(self, peer_id: str) -> Scope:
-        lim = self.limits
-        return self._scope(
-            "peer",
-            f"peer:{peer_id}",
-            {
-                STREAMS_IN: lim.streams_per_peer,
-                STREAMS_OUT: lim.streams_per_peer,
-                CONNS_IN: lim.connections_per_peer,
-                CONNS_OUT: lim.connections_per_peer,
-                MEMORY: _data(lim.memory_per_peer),
-                NEGOTIATING: lim.negotiating_per_peer,
-            },
-        )
+        return self._scope("peer", f"peer:{peer_id}")
 
     def protocol(self, proto: str) -> Scope:
-        n = self.limits.streams_per_protocol
-        return self._scope("protocol", f"protocol:{proto}", {STREAMS_IN: n, STREAMS_OUT: n})
+        return self._scope("protocol", f"protocol:{proto}")
 
     def module(self, module_id: int) -> Scope:
-        lim = self.limits
-        return self._scope(
-            "module",
-            f"module:{module_id}",
-            {
-                STREAMS: lim.streams_per_module,
-                MEMORY: _data(lim.memory_per_module),
-                OPENS: lim.opens_per_module,
-                DIALS: lim.dials_per_module,
-                POLLS: lim.polls_per_module,
-            },
-        )
+        return self._scope("module", f"module:{module_id}")
 
     def source(self, ip: str) -> Scope:
-        lim = self.limits
-        return self._scope(
-            "source", f"source:{ip}", {CONNS_IN: lim.connections_per_ip, HANDSHAKES: lim.handshakes_per_ip}
-        )
+        return self._scope("source", f"source:{ip}")
 
     def _forget_idle(self, scopes: Iterable[Scope]) -> None:
         for scope in scopes:

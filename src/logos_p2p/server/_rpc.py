@@ -32,7 +32,7 @@ if TYPE_CHECKING:
     pass
 
 log = logging.getLogger("logos_p2p.node")
-rpc = _schema.load()
+schema = _schema.load()
 
 
 class Control(Protocol):
@@ -65,7 +65,7 @@ def remote_errors() -> Iterator[None]:
         raise RemoteError(exc) from None
 
 
-class NodeImpl(rpc.Node.Server):  # type: ignore[name-defined,misc]
+class NodeImpl(schema.Node.Server):  # type: ignore[name-defined,misc]
     """The bootstrap capability of one RPC connection."""
 
     def __init__(self, node: Control, session: ModuleSession) -> None:
@@ -137,7 +137,7 @@ class NodeImpl(rpc.Node.Server):  # type: ignore[name-defined,misc]
             self._session.name = moduleName
 
 
-class RegistrationImpl(rpc.Registration.Server):  # type: ignore[name-defined,misc]
+class RegistrationImpl(schema.Registration.Server):  # type: ignore[name-defined,misc]
     def __init__(self, node: Control, reg: Registration) -> None:
         self._node = node
         self._reg = reg
@@ -153,7 +153,7 @@ class RegistrationImpl(rpc.Registration.Server):  # type: ignore[name-defined,mi
         self._node.streams.unregister(self._reg)
 
 
-class StreamImpl(rpc.Stream.Server):  # type: ignore[name-defined,misc]
+class StreamImpl(schema.Stream.Server):  # type: ignore[name-defined,misc]
     """A bridged stream as the module sees it. Dropping it unclosed resets the stream."""
 
     def __init__(self, side: CapabilitySide) -> None:

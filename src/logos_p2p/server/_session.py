@@ -72,7 +72,7 @@ class ModuleSession:
     def __repr__(self) -> str:
         return f"<ModuleSession {self.id} {self.name or self.label}>"
 
-    # the Owner protocol of bridges
+    # the Books protocol of bridges
     def account(self, bridge: Bridge, bytes_in: int = 0, bytes_out: int = 0) -> None:
         self.bytes_in += bytes_in
         self.bytes_out += bytes_out

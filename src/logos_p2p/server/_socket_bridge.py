@@ -21,7 +21,7 @@ import struct
 import termios
 from collections.abc import Callable
 from functools import partial
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Protocol, TypeVar
 
 import trio
 import trio.lowlevel
@@ -37,6 +37,9 @@ if TYPE_CHECKING:
     pass
 
 log = logging.getLogger("logos_p2p.node")
+
+A = TypeVar("A")
+R = TypeVar("R")
 
 REST_OF_WRITE = 0.0003  # seconds to wait for the rest of a write cut at a full yamux frame
 
@@ -261,21 +264,20 @@ class SocketSide:
 
 
 async def recv_raw(sock: socket.socket | None, size: int) -> bytes:
-    if sock is None:
-        raise trio.ClosedResourceError
-    while True:
-        try:
-            return sock.recv(size)
-        except (BlockingIOError, InterruptedError):
-            await trio.lowlevel.wait_readable(sock.fileno())
+    return await _when_readable(sock, socket.socket.recv, size)
 
 
 async def recv_raw_into(sock: socket.socket | None, buffer: bytearray) -> int:
+    return await _when_readable(sock, socket.socket.recv_into, buffer)
+
+
+async def _when_readable(sock: socket.socket | None, call: Callable[[socket.socket, A], R], arg: A) -> R:
+    """``call(sock, arg)``, waiting for the socket to be readable only when it would block."""
     if sock is None:
         raise trio.ClosedResourceError
     while True:
         try:
-            return sock.recv_into(buffer)
+            return call(sock, arg)
         except (BlockingIOError, InterruptedError):
             await trio.lowlevel.wait_readable(sock.fileno())
 

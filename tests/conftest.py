@@ -16,7 +16,7 @@ import trio_asyncio
 from logos_p2p.client import connect
 
 from .support.modproc import ModuleProcess, start_module
-from .support.nodeproc import NodeProcess, start_node
+from .support.nodeproc import NodeProcess, spawn_node, wait_ready
 from .support.peer import Peer, open_peer
 
 
@@ -55,10 +55,11 @@ def node_factory(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Cal
     nodes: list[NodeProcess] = []
     counter = iter(range(100))
 
-    def make(*args: str, rpc: str | None = None, nofile: int | None = None) -> NodeProcess:
-        node = start_node(tmp_path / f"node{next(counter)}", *args, rpc=rpc, nofile=nofile)
+    def make(*args: str, rpc: str | None = None, nofile: int | None = None, wait: bool = True) -> NodeProcess:
+        """A started node; with ``wait=False`` only spawned (``wait_ready`` it before use)."""
+        node = spawn_node(tmp_path / f"node{next(counter)}", *args, rpc=rpc, nofile=nofile)
         nodes.append(node)
-        return node
+        return wait_ready(node) if wait else node
 
     try:
         yield make

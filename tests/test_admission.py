@@ -331,7 +331,8 @@ async def eventually_value(fn: Any, timeout: float = 15) -> Any:
                 await trio.sleep(0.05)
 
 
-async def test_modules_are_bounded(node_factory, modules):
+@pytest.mark.parametrize("data_path", ["socket"])  # counted at the RPC endpoint, before any data path
+async def test_modules_are_bounded(node_factory, modules, data_path):
     node = node_factory("--max-modules", "2")
     await modules(node, name="one")
     await modules(node, name="two")
@@ -342,7 +343,8 @@ async def test_modules_are_bounded(node_factory, modules):
 # -- calls in progress, per module and in total -------------------------------------------------------
 
 
-async def test_opens_dials_and_waits_in_progress_are_bounded_per_module(node_factory, modules, blackhole):
+@pytest.mark.parametrize("data_path", ["socket", "push"])  # the channel's open and the RPC's (pull's too)
+async def test_opens_dials_and_waits_in_progress_are_bounded_per_module(node_factory, modules, blackhole, data_path):
     node = node_factory("--max-opens-per-module", "3", "--max-dials-per-module", "2", "--max-polls-per-module", "4")
     module = await modules(node)
     target = stranger()
@@ -357,7 +359,8 @@ async def test_opens_dials_and_waits_in_progress_are_bounded_per_module(node_fac
     assert counts[("module", "polls")] >= 6
 
 
-async def test_calls_in_progress_are_bounded_for_all_modules_together(node_factory, modules, blackhole):
+@pytest.mark.parametrize("data_path", ["socket", "push"])  # the channel's open and the RPC's (pull's too)
+async def test_calls_in_progress_are_bounded_for_all_modules_together(node_factory, modules, blackhole, data_path):
     node = node_factory("--max-opens", "4", "--max-opens-per-module", "3")
     a, b = await modules(node, name="a"), await modules(node, name="b")
     target = stranger()
@@ -375,7 +378,10 @@ async def test_calls_in_progress_are_bounded_for_all_modules_together(node_facto
     assert refused(await node_status(node.rpc))[("system", "opens")] == 2
 
 
-async def test_dials_and_waits_in_progress_are_bounded_for_all_modules_together(node_factory, modules, blackhole):
+@pytest.mark.parametrize("data_path", ["socket"])  # connectPeer and waitShutdown: RPC calls on every path
+async def test_dials_and_waits_in_progress_are_bounded_for_all_modules_together(
+    node_factory, modules, blackhole, data_path
+):
     node = node_factory("--max-dials", "3", "--max-polls", "5")
     a, b = await modules(node, name="a"), await modules(node, name="b")  # each holds one waitShutdown
     await a.call("set_hold", 10)

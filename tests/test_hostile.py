@@ -101,7 +101,10 @@ async def echo_throughout(peer, node, results: list[float], stop: trio.Event, do
         done.set()
 
 
-async def test_a_stream_flood_is_refused_and_the_node_serves_on(node_factory, peer, modules, floods, nursery):
+@pytest.mark.parametrize("data_path", ["socket", "push"])  # push and pull take a stream in alike
+async def test_a_stream_flood_is_refused_and_the_node_serves_on(
+    node_factory, peer, modules, floods, nursery, data_path
+):
     """Five peers open 250 streams each to a module that holds them (the node at 1,024
     descriptors died of EMFILE here before)."""
     node = node_factory(nofile=NOFILE)

@@ -29,6 +29,7 @@ from logos_p2p.errors import Cause, ProtocolNotSupported, StreamReset
 from .conftest import eventually, node_status
 from .support.interop import InteropPeer, PeerError, start_peer
 from .support.modproc import ModuleProcess
+from .support.nodeproc import wait_ready
 
 PEERS = [("go", "yamux"), ("go", "mplex"), ("js", "yamux"), ("js", "mplex")]
 MIB = 1024 * 1024
@@ -36,19 +37,26 @@ PROTO = "/interop/1.0.0"
 
 
 @pytest.fixture(params=PEERS, ids=[f"{k}-{m}" for k, m in PEERS])
-async def remote(request, nursery):
+async def remote_and_node(request, nursery, node_factory):
+    """A peer and a node speaking its muxer first, started side by side."""
     kind, muxer = request.param
+    node = node_factory("--muxer", muxer, wait=False)
     peer = await start_peer(nursery, kind, muxer)
     try:
-        yield peer
+        yield peer, wait_ready(node)
     finally:
         peer.kill()
         await peer.proc.wait()
 
 
 @pytest.fixture
-def mux_node(node_factory, remote):
-    return node_factory("--muxer", remote.muxer)
+def remote(remote_and_node):
+    return remote_and_node[0]
+
+
+@pytest.fixture
+def mux_node(remote_and_node):
+    return remote_and_node[1]
 
 
 @dataclass

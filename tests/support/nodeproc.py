@@ -77,6 +77,12 @@ def start_node(
 
     ``nofile``: the node's RLIMIT_NOFILE, soft and hard (as ``prlimit --nofile=N:N``).
     """
+    return wait_ready(spawn_node(workdir, *args, rpc=rpc, nofile=nofile), timeout)
+
+
+def spawn_node(workdir: Path, *args: str, rpc: str | None = None, nofile: int | None = None) -> NodeProcess:
+    """:func:`start_node` without the wait: the caller does something else while the node
+    starts, then calls :func:`wait_ready` (or kills it)."""
     workdir.mkdir(parents=True, exist_ok=True)
     rpc = rpc or f"unix:{workdir / 'node.sock'}"
     argv = [sys.executable, "-m", "logos_p2p", "serve", "--rpc", rpc, "--log-level", "debug", *args]
@@ -85,7 +91,12 @@ def start_node(
     log = open(workdir / "node.log", "wb")  # noqa: SIM115 - closed with the process
     limit = None if nofile is None else partial(resource.setrlimit, resource.RLIMIT_NOFILE, (nofile, nofile))
     proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=log, stdin=subprocess.DEVNULL, preexec_fn=limit)
-    node = NodeProcess(proc, workdir)
+    return NodeProcess(proc, workdir)
+
+
+def wait_ready(node: NodeProcess, timeout: float = 20.0) -> NodeProcess:
+    """Wait for a spawned node's ready line (killing it if none comes)."""
+    proc = node.proc
     try:
         line = _read_line(proc, timeout)
         ready: dict[str, Any] = json.loads(line)

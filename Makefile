@@ -57,9 +57,9 @@ fmt: $(STAMP)
 soak: $(STAMP)
 	SOAK_STREAMS=$${SOAK_STREAMS:-10000} $(BIN)/python -m pytest tests/test_soak.py -q -s -p no:cacheprovider
 
-## bench: module-handled echo vs an in-process handler vs p2pd (ARGS=--quick: under a minute)
+## bench: module-handled echo vs an in-process handler vs p2pd, and remote modules (push, tcp:, tls:) (ARGS=--quick: quicker)
 bench: $(STAMP) peers
-	$(BIN)/python bench/bench.py $(ARGS)
+	$(BIN)/python bench/bench.py --paths direct,logos,push,tcp,tls,p2pd $(ARGS)
 
 ## flood: the hostile-network floods at full size, logos-p2p against p2pd (ARGS=--quick: smaller)
 flood: $(STAMP) peers

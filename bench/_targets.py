@@ -1,7 +1,7 @@
 """Bench targets, each run as its own process.
 
     python bench/_targets.py direct        a py-libp2p host with an in-process echo handler
-    python bench/_targets.py module RPC    an echo module for a logos-p2p node (client library only)
+    python bench/_targets.py module RPC [PATH]    an echo module for a logos-p2p node (client library only)
 
 Both print one JSON line when ready and run until killed.
 """
@@ -43,7 +43,7 @@ def direct() -> None:
     trio.run(main)
 
 
-def module(rpc: str) -> None:
+def module(rpc: str, data_path: str = "auto") -> None:
     import asyncio
 
     from logos_p2p.client import Stream, connect
@@ -54,7 +54,10 @@ def module(rpc: str) -> None:
 
     async def main() -> None:
         # share=True: several module processes may serve the protocol (round-robin)
-        async with connect(rpc, name="bench-echo") as node, node.handle(["/echo/1.0.0"], echo, share=True):
+        async with (
+            connect(rpc, name="bench-echo", data_path=data_path) as node,
+            node.handle(["/echo/1.0.0"], echo, share=True),
+        ):
             print(json.dumps({"ready": True}), flush=True)
             await asyncio.Event().wait()
 
@@ -65,4 +68,4 @@ if __name__ == "__main__":
     if sys.argv[1] == "direct":
         direct()
     else:
-        module(sys.argv[2])
+        module(*sys.argv[2:4])

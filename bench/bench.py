@@ -7,6 +7,8 @@ measures three paths, alternating them round by round (A B C A B C ...):
   logos   a logos-p2p node; echo handled by modules in other processes
   p2pd    go-libp2p's daemon (hivemind==1.1.12), echo handled by a Python
           process on its control socket (STREAM_HANDLER, balanced=false)
+  push, tcp, tls   logos with its modules as a module on another machine runs: on
+          the push path, over the unix socket, a tcp: and a tls: endpoint on loopback
 
 Metrics per round:
   rtt_us            median round trip of 32-byte echoes on one stream
@@ -112,13 +114,19 @@ def start_direct() -> Target:
     return target
 
 
-def start_logos(workdir: Path, modules: int, name: str = "logos", source: Path | None = None) -> Target:
-    """A node and its echo modules; ``source``: run another checkout's ``src/`` instead."""
+def start_logos(
+    workdir: Path, modules: int, name: str = "logos", source: Path | None = None, endpoint: str = "unix"
+) -> Target:
+    """A node and its echo modules; ``source``: run another checkout's ``src/`` instead;
+    ``endpoint``: ``unix`` (the modules take the data path they prefer: socket),
+    ``unix-push`` (the push path, as a remote module), ``tcp`` or ``tls`` (on loopback,
+    push: the way a module on another machine connects)."""
     target = Target(name)
-    env = None
+    env = dict(os.environ)
     if source is not None:
-        env = {**os.environ, "PYTHONPATH": str(source / "src")}
-    rpc = f"unix:{workdir / (name + '.sock')}"
+        env["PYTHONPATH"] = str(source / "src")
+    rpc = f"unix:{workdir / (name + '.sock')}" if endpoint.startswith("unix") else f"{endpoint}:127.0.0.1:0"
+    extra = ["--token-file", str(workdir / f"{name}.token")] if not endpoint.startswith("unix") else []
     node = target.spawn(
         [
             sys.executable,
@@ -131,14 +139,22 @@ def start_logos(workdir: Path, modules: int, name: str = "logos", source: Path |
             rpc,
             "--log-level",
             "warning",
+            *extra,
             *NODE_ARGS,
         ],
         env=env,
     )
-    target.addr = target.line(node)["addrs"][0]
+    ready = target.line(node)
+    target.addr = ready["addrs"][0]
     target.server_pid = node.pid
+    rpc = ready["rpc"]
+    if "token_file" in ready:
+        env["LOGOS_P2P_TOKEN_FILE"] = ready["token_file"]
+    if "tls_fingerprint" in ready:
+        env["LOGOS_P2P_FINGERPRINT"] = ready["tls_fingerprint"]
+    path = "auto" if endpoint == "unix" else "push"
     for _ in range(modules):
-        target.line(target.spawn([sys.executable, str(HERE / "_targets.py"), "module", rpc], env=env))
+        target.line(target.spawn([sys.executable, str(HERE / "_targets.py"), "module", rpc, path], env=env))
     return target
 
 
@@ -385,6 +401,9 @@ async def main(args: argparse.Namespace) -> None:
         starters: dict[str, Callable[[], Target]] = {
             "direct": start_direct,
             "logos": lambda: start_logos(Path(tmp), 20),
+            "push": lambda: start_logos(Path(tmp), 20, "push", endpoint="unix-push"),
+            "tcp": lambda: start_logos(Path(tmp), 20, "tcp", endpoint="tcp"),
+            "tls": lambda: start_logos(Path(tmp), 20, "tls", endpoint="tls"),
             "p2pd": start_p2pd,
         }
         if args.baseline:  # another checkout's node and modules, alternating with this one's
@@ -436,7 +455,12 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="small sizes, 2 rounds: under a minute")
     parser.add_argument("--rounds", type=int, default=0, help="rounds (default: 5 full, 2 quick)")
-    parser.add_argument("--paths", default="direct,logos,p2pd")
+    parser.add_argument(
+        "--paths",
+        default="direct,logos,p2pd",
+        help="of direct, logos, p2pd, and the remote-module rows: push (unix socket, push path), "
+        "tcp and tls (loopback, push path); `make bench` runs them all",
+    )
     parser.add_argument(
         "--node-args", default="", help="more arguments for the logos-p2p node, e.g. '--stream-window 1048576'"
     )

@@ -259,3 +259,90 @@ async def test_a_data_channel_token_works_once(node):
     failed, second_read = await run_aio(scenario)
     assert failed.startswith("openFailed 7 ") and "[logos-p2p:invalid-argument]" in failed
     assert second_read == b""  # the node hung up on the replayed token
+
+
+# -- the local endpoint: nobody can squat or impersonate the node -------------------------------------
+
+NOBODY = 65534
+IMPOSTOR = """
+import socket, sys, time
+s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+s.bind(sys.argv[1]); s.listen(8)
+print("ready", flush=True)
+while True:
+    conn, _ = s.accept()  # takes connections, as a node would, and keeps them
+"""
+
+
+@pytest.mark.skipif(os.getuid() != 0, reason="runs a process as another user (nobody): needs root")
+async def test_a_socket_served_by_another_user_is_refused_by_the_client(tmp_path):
+    """Another user made the socket directory first and listens in the node's place."""
+    import shutil
+    import subprocess
+    import tempfile
+
+    squat = Path(tempfile.mkdtemp(prefix="logos-p2p-squat-", dir="/tmp"))
+    os.chown(squat, NOBODY, NOBODY)
+    path = squat / "node.sock"
+    python = "/usr/bin/python3"  # the system's: nobody may not enter this checkout's virtualenv
+    if not os.access(python, os.X_OK):
+        pytest.skip(f"no {python} for the impostor")
+    proc = await trio.lowlevel.open_process(
+        [python, "-I", "-c", IMPOSTOR, str(path)], user=NOBODY, group=NOBODY, stdout=subprocess.PIPE, cwd="/"
+    )
+    try:
+        assert proc.stdout is not None
+        with trio.fail_after(10):
+            assert await proc.stdout.receive_some(6) == b"ready\n"
+        with pytest.raises(AuthenticationFailed, match=f"runs as uid {NOBODY}"):
+            await info_with(f"unix:{path}")
+        with pytest.raises(AuthenticationFailed, match=f"runs as uid {NOBODY}"):  # trusting another uid instead
+            await info_with(f"unix:{path}", node_uid=4242)
+    finally:
+        proc.kill()
+        await proc.wait()
+        shutil.rmtree(squat, ignore_errors=True)
+
+
+def test_the_node_refuses_symlinked_socket_directories_and_token_files(tmp_path, monkeypatch):
+    real = tmp_path / "real"
+    real.mkdir(mode=0o700)
+    (tmp_path / "link").symlink_to(real)
+    with pytest.raises(RuntimeError, match="symlink"):
+        start_node(tmp_path / "n1", rpc=f"unix:{tmp_path / 'link'}/node.sock")
+    # the default directory, planted as a symlink to a directory the user owns
+    runtime = tmp_path / "runtime"
+    runtime.mkdir(mode=0o700)
+    (runtime / "logos-p2p").symlink_to(real)
+    monkeypatch.setenv("XDG_RUNTIME_DIR", str(runtime))
+    with pytest.raises(RuntimeError, match="symlink"):
+        start_node(tmp_path / "n2", rpc=f"unix:{runtime / 'logos-p2p'}/node.sock")
+    token = tmp_path / "token-real"
+    token.write_text("b" * 64)
+    token.chmod(0o600)
+    (tmp_path / "token").symlink_to(token)
+    with pytest.raises(RuntimeError, match="symlink"):
+        start_node(tmp_path / "n3", "--token-file", str(tmp_path / "token"), rpc="tcp:127.0.0.1:0")
+
+
+def test_a_stale_socket_is_taken_over_and_another_users_is_not(node_factory, tmp_path):
+    place = tmp_path / "place"
+    place.mkdir(mode=0o700)
+    stale = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    stale.bind(str(place / "node.sock"))
+    stale.close()  # the file stays; nobody listens (a node that was killed)
+    node = node_factory(rpc=f"unix:{place / 'node.sock'}")
+    assert node.rpc == f"unix:{place / 'node.sock'}"
+    node.kill()
+    if os.getuid() == 0:
+        os.chown(place / "node.sock", NOBODY, NOBODY)
+        with pytest.raises(RuntimeError, match=f"belongs to uid {NOBODY}"):
+            start_node(tmp_path / "n2", rpc=f"unix:{place / 'node.sock'}")
+
+
+def test_a_new_token_file_is_whole_and_private_at_once(tmp_path):
+    path = tmp_path / "token"
+    token = _auth.node_token(path)
+    assert len(token) == 64 and stat.S_IMODE(path.lstat().st_mode) == 0o600
+    assert _auth.node_token(path) == token  # kept, not rewritten
+    assert [p.name for p in tmp_path.iterdir()] == ["token"]  # no temporary file left behind

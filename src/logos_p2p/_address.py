@@ -1,4 +1,5 @@
-"""RPC endpoint addresses: ``unix:PATH`` or ``tcp:HOST:PORT``; and the default one."""
+"""RPC endpoint addresses: ``unix:PATH``, ``tcp:HOST:PORT`` or ``tls:HOST:PORT``; and the
+default one."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ ENV_VAR = "LOGOS_P2P_RPC"
 
 @dataclass(frozen=True)
 class Address:
-    kind: str  # "unix" or "tcp"
+    kind: str  # "unix", "tcp" or "tls"
     path: str = ""
     host: str = ""
     port: int = 0
@@ -22,7 +23,7 @@ class Address:
         if self.kind == "unix":
             return f"unix:{self.path}"
         host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"tcp:{host}:{self.port}"
+        return f"{self.kind}:{host}:{self.port}"
 
 
 def default_socket_dir() -> Path:
@@ -34,12 +35,6 @@ def default_socket_dir() -> Path:
     return Path("/tmp") / f"logos-p2p-{os.getuid()}"
 
 
-def owner_only(path: Path) -> bool:
-    """``path`` belongs to this user and no one else may read, write or enter it."""
-    info = path.stat()
-    return info.st_uid == os.getuid() and not info.st_mode & 0o077
-
-
 def default_address() -> Address:
     env = os.environ.get(ENV_VAR)
     if env:
@@ -48,7 +43,7 @@ def default_address() -> Address:
 
 
 def parse(text: str) -> Address:
-    """Parse ``unix:PATH``, ``tcp:HOST:PORT`` (``tcp:[::1]:PORT``) or a bare path.
+    """Parse ``unix:PATH``, ``tcp:HOST:PORT`` (``tcp:[::1]:PORT``), ``tls:HOST:PORT`` or a bare path.
 
     Port 0 is allowed (a listener picks a free port); connecting needs a real one.
     """
@@ -57,15 +52,15 @@ def parse(text: str) -> Address:
         if not path:
             raise InvalidArgument(f"empty unix socket path in {text!r}")
         return Address("unix", path=path)
-    if text.startswith("tcp:"):
-        rest = text[len("tcp:") :]
+    kind, colon, rest = text.partition(":")
+    if colon and kind in ("tcp", "tls"):
         if rest.startswith("["):
             host, sep, port = rest[1:].partition("]:")
         else:
             host, sep, port = rest.rpartition(":")
         if not sep or not host or not port.isdigit() or not 0 <= int(port) < 65536:
-            raise InvalidArgument(f"expected tcp:HOST:PORT, got {text!r}")
-        return Address("tcp", host=host, port=int(port))
+            raise InvalidArgument(f"expected {kind}:HOST:PORT, got {text!r}")
+        return Address(kind, host=host, port=int(port))
     if text.startswith("/") or text.startswith("."):
         return Address("unix", path=text)
-    raise InvalidArgument(f"expected unix:PATH or tcp:HOST:PORT, got {text!r}")
+    raise InvalidArgument(f"expected unix:PATH, tcp:HOST:PORT or tls:HOST:PORT, got {text!r}")

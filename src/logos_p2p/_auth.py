@@ -13,10 +13,15 @@ the operator's secret token, without sending it, on fresh nonces:
    connection instead; a client that does not answer within
    :data:`AUTH_TIMEOUT` seconds is cut.
 
+Inside TLS (``tls:`` endpoints, see :mod:`logos_p2p._tls`) the same exchange runs on
+the TLS connection; a node that admits clients by certificate sends version ``0x02``
+in step 1 instead and nothing more: the certificate was the proof. A client accepts
+version 2 only inside TLS.
+
 Because ``N`` is new on every connection, bytes recorded from one connection
 prove nothing on another (no replay); step 3 tells the client it reached a
 node that knows the token. The token authenticates, it does not encrypt: on
-an untrusted network, carry the TCP endpoint inside WireGuard, SSH or TLS.
+an untrusted network use a ``tls:`` endpoint.
 
 ``token`` is the token file's text, stripped, as UTF-8. Plain Python: no
 trio, libp2p or capnp here (the client imports it).
@@ -31,12 +36,15 @@ import os
 import secrets
 import socket
 from pathlib import Path
+from typing import Protocol
 
-from ._address import default_socket_dir, owner_only
+from . import _private
+from ._address import default_socket_dir
 from .errors import AuthenticationFailed, InvalidArgument
 
 MAGIC = b"LP2PAUTH"
 VERSION = 1
+BY_CERTIFICATE = 2  # the hello of a node that admitted the client by its TLS certificate
 NONCE = 32
 AUTH_TIMEOUT = 5.0  # seconds a client has to prove itself
 TOKEN_ENV = "LOGOS_P2P_TOKEN"
@@ -57,58 +65,134 @@ def node_proof(token: bytes, node_nonce: bytes, client_nonce: bytes) -> bytes:
     return _proof(token, b"node", node_nonce, client_nonce)
 
 
-# -- the two ends (asyncio, on a connected non-blocking socket) --------------------------------
+# -- the two ends (asyncio) ---------------------------------------------------------------------
 
 
-async def _recv_exactly(sock: socket.socket, size: int) -> bytes:
-    loop = asyncio.get_running_loop()
-    buf = bytearray()
-    while len(buf) < size:
-        chunk = await loop.sock_recv(sock, size - len(buf))
-        if not chunk:
+class Wire(Protocol):
+    """What the exchange needs of a connection."""
+
+    async def recv_exactly(self, size: int) -> bytes: ...
+    async def send(self, data: bytes) -> None: ...
+
+
+class SocketWire:
+    """A connected non-blocking socket (``tcp:``)."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+
+    async def recv_exactly(self, size: int) -> bytes:
+        loop = asyncio.get_running_loop()
+        buf = bytearray()
+        while len(buf) < size:
+            chunk = await loop.sock_recv(self.sock, size - len(buf))
+            if not chunk:
+                raise ConnectionError("the connection closed during authentication")
+            buf += chunk
+        return bytes(buf)
+
+    async def send(self, data: bytes) -> None:
+        await asyncio.get_running_loop().sock_sendall(self.sock, data)
+
+
+class TransportWire(asyncio.Protocol):
+    """The protocol of an asyncio transport (``tls:``) while the exchange runs on it;
+    then the transport goes to Cap'n Proto (``_kj.stream_on``). ``pending`` is what
+    arrived beyond the exchange: a peer that sends before the exchange ended is refused."""
+
+    def __init__(self) -> None:
+        self.transport: asyncio.Transport | None = None
+        self.pending = bytearray()
+        self._ended: BaseException | None = None
+        self._waiter: asyncio.Future[None] | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+
+    def data_received(self, data: bytes) -> None:
+        self.pending += data
+        self._wake()
+
+    def eof_received(self) -> bool:
+        self._ended = ConnectionError("the connection closed during authentication")
+        self._wake()
+        return False
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._ended = exc or ConnectionError("the connection closed during authentication")
+        self._wake()
+
+    def _wake(self) -> None:
+        if self._waiter is not None and not self._waiter.done():
+            self._waiter.set_result(None)
+
+    async def recv_exactly(self, size: int) -> bytes:
+        while len(self.pending) < size:
+            if self._ended is not None:
+                raise ConnectionError(str(self._ended))
+            self._waiter = asyncio.get_running_loop().create_future()
+            await self._waiter
+        data = bytes(self.pending[:size])
+        del self.pending[:size]
+        return data
+
+    async def send(self, data: bytes) -> None:
+        if self.transport is None or self.transport.is_closing():
             raise ConnectionError("the connection closed during authentication")
-        buf += chunk
-    return bytes(buf)
+        self.transport.write(data)  # a few dozen bytes: the transport's buffer takes them
 
 
-async def authenticate_client(sock: socket.socket, token: bytes) -> None:
-    """The node's side: return once the client proved it knows ``token``.
+async def authenticate_client(wire: Wire, token: bytes | None) -> None:
+    """The node's side: return once the client proved it knows ``token`` (None: the
+    client's certificate already did, inside TLS: say so, version 2).
 
     Raises ``AuthenticationFailed`` (wrong proof, or not this protocol),
     ``ConnectionError`` or ``TimeoutError`` (silent client); the caller closes.
     """
-    loop = asyncio.get_running_loop()
     node_nonce = secrets.token_bytes(NONCE)
+    if token is None:
+        await wire.send(MAGIC + bytes([BY_CERTIFICATE]) + node_nonce)
+        return
     async with asyncio.timeout(AUTH_TIMEOUT):
-        await loop.sock_sendall(sock, MAGIC + bytes([VERSION]) + node_nonce)
-        answer = await _recv_exactly(sock, 2 * NONCE)
+        await wire.send(MAGIC + bytes([VERSION]) + node_nonce)
+        answer = await wire.recv_exactly(2 * NONCE)
     client_nonce, proof = answer[:NONCE], answer[NONCE:]
     if not hmac.compare_digest(proof, client_proof(token, node_nonce, client_nonce)):
         raise AuthenticationFailed("wrong token proof")
-    await loop.sock_sendall(sock, node_proof(token, node_nonce, client_nonce))
+    await wire.send(node_proof(token, node_nonce, client_nonce))
 
 
-async def authenticate_to_node(sock: socket.socket, token: bytes | None, timeout: float = AUTH_TIMEOUT) -> None:
+async def authenticate_to_node(
+    wire: Wire, token: bytes | None, timeout: float = AUTH_TIMEOUT, *, in_tls: bool = False
+) -> None:
     """The client's side: prove ``token`` to the node and check its proof back."""
-    loop = asyncio.get_running_loop()
+    hello = b""
     try:
         async with asyncio.timeout(timeout):
-            hello = await _recv_exactly(sock, HELLO_SIZE)
-            if hello[: len(MAGIC)] != MAGIC or hello[len(MAGIC)] != VERSION:
+            hello = await wire.recv_exactly(HELLO_SIZE)
+            if hello[: len(MAGIC)] != MAGIC or hello[len(MAGIC)] not in (VERSION, BY_CERTIFICATE):
                 raise AuthenticationFailed("the endpoint does not speak logos-p2p token authentication")
+            if hello[len(MAGIC)] == BY_CERTIFICATE:
+                if not in_tls:
+                    raise AuthenticationFailed("the endpoint skips the token outside TLS: refused")
+                return  # the node admitted this client by its certificate
             if token is None:
                 raise AuthenticationFailed(
-                    f"this node's TCP endpoint needs its token: pass token=..., or set ${TOKEN_ENV} "
-                    f"or ${TOKEN_FILE_ENV}"
+                    f"this node's endpoint needs its token: pass token=..., or set ${TOKEN_ENV} or ${TOKEN_FILE_ENV}"
                 )
             node_nonce = hello[len(MAGIC) + 1 :]
             client_nonce = secrets.token_bytes(NONCE)
-            await loop.sock_sendall(sock, client_nonce + client_proof(token, node_nonce, client_nonce))
-            answer = await _recv_exactly(sock, NONCE)
-    except (ConnectionError, OSError) as exc:
-        raise AuthenticationFailed(f"the node refused this client's token ({exc})") from None
+            await wire.send(client_nonce + client_proof(token, node_nonce, client_nonce))
+            answer = await wire.recv_exactly(NONCE)
     except TimeoutError:
-        raise AuthenticationFailed("the node did not complete authentication in time") from None
+        raise AuthenticationFailed(
+            "the node did not complete authentication in time"
+            if hello or in_tls
+            else "no logos-p2p hello from the endpoint in time (if the node serves tls:, connect with tls:HOST:PORT)"
+        ) from None
+    except OSError as exc:  # ConnectionError among them; TimeoutError is one too, so it comes first
+        raise AuthenticationFailed(f"the node refused this client's token ({exc})") from None
     if not hmac.compare_digest(answer, node_proof(token, node_nonce, client_nonce)):
         raise AuthenticationFailed("the node's proof is wrong: it does not know this token")
 
@@ -123,18 +207,10 @@ def default_token_file() -> Path:
 def node_token(path: Path) -> bytes:
     """The node's token from ``path``; a new random one is written (0600) if it is missing.
 
-    An existing file readable by group or others is refused: the token would not be secret.
+    A file others can read, or a symlink, is refused: the token would not be secret.
     """
-    try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    except FileExistsError:
-        pass
-    else:
-        with os.fdopen(fd, "w") as out:
-            out.write(secrets.token_hex(32) + "\n")
-    if not owner_only(path):
-        raise PermissionError(f"{path} must be owned by uid {os.getuid()} and readable by it alone (chmod 600)")
-    return _token_bytes(path.read_text())
+    _private.create(path, (secrets.token_hex(32) + "\n").encode())
+    return _token_bytes(_private.read(path).decode())
 
 
 def client_token(token: str | bytes | None) -> bytes | None:

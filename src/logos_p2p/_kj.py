@@ -128,3 +128,21 @@ async def kj_loop() -> AsyncIterator[None]:
                 await users.cm.__aexit__(None, None, None)
             finally:
                 users.undo()
+
+
+def stream_on(transport: asyncio.BaseTransport) -> Any:
+    """A capnp ``AsyncIoStream`` on an asyncio transport that already carried other bytes
+    (a TLS connection, after the token exchange ran on it).
+
+    pycapnp makes its streams only while it opens or accepts the connection itself; its
+    ``AsyncIoStream._connect`` is the protocol factory of ``create_server``, which hands
+    the stream to a callback when the protocol is connected. Here it is connected to a
+    transport that is open already: the transport switches to the new protocol, and
+    bytes that arrive from now on are Cap'n Proto's. The caller makes sure none arrived
+    before (the peer waits for the exchange to end before it sends any).
+    """
+    made: list[Any] = []
+    protocol = capnp.AsyncIoStream._connect(made.append)
+    transport.set_protocol(protocol)
+    protocol.connection_made(transport)
+    return made[0]

@@ -35,8 +35,8 @@ def _parser() -> argparse.ArgumentParser:
         "--rpc",
         default="",
         metavar="ADDR",
-        help="RPC endpoint: unix:PATH or tcp:HOST:PORT (default: a 0600 unix socket in "
-        "$XDG_RUNTIME_DIR/logos-p2p or /tmp/logos-p2p-$UID)",
+        help="RPC endpoint: unix:PATH, tls:HOST:PORT (modules on other machines) or tcp:HOST:PORT "
+        "(unencrypted) (default: a 0600 unix socket in $XDG_RUNTIME_DIR/logos-p2p or /tmp/logos-p2p-$UID)",
     )
     serve.add_argument("--identity", type=Path, metavar="FILE", help="private key file; created on first run")
     serve.add_argument("--muxer", choices=["yamux", "mplex"], help="preferred stream muxer (default yamux)")
@@ -44,8 +44,23 @@ def _parser() -> argparse.ArgumentParser:
         "--token-file",
         type=Path,
         metavar="FILE",
-        help="secret a TCP RPC client must prove it knows (created 0600 if missing; default "
+        help="secret a TLS or TCP RPC client must prove it knows (created 0600 if missing; default "
         "<rpc state dir>/rpc-token); unix endpoints are guarded by file permissions instead",
+    )
+    tls = serve.add_argument_group("TLS endpoint (--rpc tls:HOST:PORT)")
+    tls.add_argument(
+        "--tls-cert",
+        type=Path,
+        metavar="FILE",
+        help="the node's certificate, PEM (default: a self-signed one, made once and kept beside "
+        "--identity, or in the RPC state dir)",
+    )
+    tls.add_argument("--tls-key", type=Path, metavar="FILE", help="its private key, PEM (default: in --tls-cert)")
+    tls.add_argument(
+        "--tls-client-certs",
+        type=Path,
+        metavar="FILE",
+        help="admit clients by certificate instead of the token: the PEM certificates admitted",
     )
     limits = serve.add_argument_group("timeouts and limits")
     limits.add_argument("--accept-timeout", type=float, default=10.0, metavar="S", help="Handler answer deadline")
@@ -95,8 +110,19 @@ def _parser() -> argparse.ArgumentParser:
     status = sub.add_parser("status", help="print what a running node holds, as JSON")
     status.add_argument("--rpc", default="", metavar="ADDR", help="the node's RPC endpoint")
     status.add_argument(
-        "--token-file", type=Path, metavar="FILE", help="the node's token, for a TCP endpoint (see serve)"
+        "--token-file", type=Path, metavar="FILE", help="the node's token, for a TLS or TCP endpoint (see serve)"
     )
+    status.add_argument("--fingerprint", metavar="SHA256", help="tls: the node's certificate fingerprint")
+    status.add_argument("--tls-ca", type=Path, metavar="FILE", help="tls: check the node's certificate with this CA")
+    status.add_argument("--tls-cert", type=Path, metavar="FILE", help="tls: this client's certificate, PEM")
+    status.add_argument("--tls-key", type=Path, metavar="FILE", help="tls: its key (default: in --tls-cert)")
+
+    info = sub.add_parser(
+        "info", help="print what a remote module needs to know of this node (from its files), as JSON"
+    )
+    info.add_argument("--identity", type=Path, metavar="FILE", help="the node's identity key (see serve)")
+    info.add_argument("--tls-cert", type=Path, metavar="FILE", help="the node's certificate (see serve)")
+    info.add_argument("--token-file", type=Path, metavar="FILE", help="the node's token file (see serve)")
     return parser
 
 
@@ -121,6 +147,8 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.command == "serve":
         return _serve(args)
+    if args.command == "info":
+        return _info(args)
     return _status(args)
 
 
@@ -167,6 +195,9 @@ def _serve(args: argparse.Namespace) -> int:
         muxer=args.muxer,
         accept_timeout=args.accept_timeout,
         token_file=args.token_file,
+        tls_cert=args.tls_cert,
+        tls_key=args.tls_key,
+        tls_client_certs=args.tls_client_certs,
         max_registrations_per_module=args.max_registrations_per_module,
         rpc_traversal_limit_words=args.max_rpc_message // 8,
         channel_outbox=args.channel_outbox,
@@ -212,9 +243,10 @@ def _status(args: argparse.Namespace) -> int:
     from .client import connect
 
     token = args.token_file.read_text() if args.token_file else None
+    tls = {"fingerprint": args.fingerprint, "tls_ca": args.tls_ca, "tls_cert": args.tls_cert, "tls_key": args.tls_key}
 
     async def run() -> Any:
-        async with connect(args.rpc or None, name=STATUS_NAME, token=token) as node:
+        async with connect(args.rpc or None, name=STATUS_NAME, token=token, **tls) as node:
             status = await node.status()
         status["modules"] = [m for m in status["modules"] if m["name"] != STATUS_NAME]  # not ourselves
         return status
@@ -227,6 +259,36 @@ def _status(args: argparse.Namespace) -> int:
         print(f"logos-p2p status: {exc}", file=sys.stderr)
         return 1
     print(json.dumps(status, indent=2))
+    return 0
+
+
+def _info(args: argparse.Namespace) -> int:
+    """What a module on another machine needs (peer id, the certificate to pin, where the
+    token is), read from the node's files: no running node, no RPC."""
+    from . import _address, _auth, _tls
+    from .server._certificate import CERT_NAME
+
+    state = args.identity.parent if args.identity else _address.default_socket_dir()
+    cert = args.tls_cert or state / CERT_NAME
+    token = args.token_file or _auth.default_token_file()
+    out: dict[str, Any] = {}
+    try:
+        if args.identity:
+            from .server._libp2p import peer_id_of_identity
+
+            out["peer_id"] = peer_id_of_identity(args.identity)
+        if cert.exists():
+            out["tls_fingerprint"] = _tls.file_fingerprint(cert)
+            out["tls_cert"] = str(cert)
+        if token.exists():
+            out["token_file"] = str(token)
+    except (OSError, ValueError) as exc:
+        print(f"logos-p2p info: {exc}", file=sys.stderr)
+        return 1
+    if not out:
+        print(f"logos-p2p info: no identity, certificate or token found (looked in {state})", file=sys.stderr)
+        return 1
+    print(json.dumps(out, indent=2))
     return 0
 
 

@@ -23,7 +23,8 @@ class NodeProcess:
     peer_id: str = ""
     addrs: list[str] = field(default_factory=list)
     rpc: str = ""
-    token_file: str = ""  # TCP endpoints only
+    token_file: str = ""  # TCP and TLS endpoints only
+    tls_fingerprint: str = ""  # TLS endpoints only
 
     @property
     def pid(self) -> int:
@@ -105,6 +106,7 @@ def wait_ready(node: NodeProcess, timeout: float = 20.0) -> NodeProcess:
         raise RuntimeError(f"node did not start:\n{node.log()[-3000:]}") from None
     node.peer_id, node.addrs, node.rpc = ready["peer_id"], ready["addrs"], ready["rpc"]
     node.token_file = ready.get("token_file", "")
+    node.tls_fingerprint = ready.get("tls_fingerprint", "")
     return node
 
 

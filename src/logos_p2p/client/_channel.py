@@ -18,10 +18,10 @@ import logging
 import socket
 import weakref
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from typing import Any
 
-from .. import _schema
+from .. import _private, _schema
 from .._requests import MAX_CHANNEL_MESSAGE
 from .._wire import marker_to_error
 from ..errors import Cause, InvalidArgument, LogosP2PError, NodeShutdown, RPCError
@@ -53,12 +53,14 @@ class Channel:
         loop.add_reader(sock.fileno(), self._on_readable)
 
     @classmethod
-    async def connect(cls, path: str, token: bytes) -> Channel:
+    async def connect(cls, path: str, token: bytes, uids: Collection[int]) -> Channel:
+        """The channel at ``path``, once the process behind it runs as one of ``uids``."""
         loop = asyncio.get_running_loop()
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         sock.setblocking(False)
         try:
             await loop.sock_connect(sock, path)
+            _private.check_peer(sock, path, uids)
             await loop.sock_sendall(sock, _message(hello=token))
         except BaseException:
             sock.close()

@@ -7,7 +7,7 @@ import contextlib
 import logging
 import socket
 import weakref
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Sequence
 from dataclasses import dataclass
 from functools import partial
 from types import SimpleNamespace
@@ -118,11 +118,12 @@ class RegisterOptions(TypedDict, total=False):
 class Node:
     """A connection to a logos-p2p node. Get one with :func:`connect`."""
 
-    def __init__(self, client: Any, cap: Any, address: str, *, push: bool) -> None:
+    def __init__(self, client: Any, cap: Any, address: str, *, push: bool, uids: Collection[int] = ()) -> None:
         self._client = client
         self._cap = cap
         self.address = address
         self._push = push
+        self._uids = uids  # whose process may serve its data channel
         self._channel: Channel | None = None
         self._closed = False
         self._shutting_down = False
@@ -166,7 +167,7 @@ class Node:
             try:
                 with translate():
                     offer = await self._cap.dataChannel()
-                self._channel = await Channel.connect(offer.path, bytes(offer.token))
+                self._channel = await Channel.connect(offer.path, bytes(offer.token), self._uids)
             except (LogosP2PError, OSError) as exc:
                 if sockets == "socket":
                     raise NodeUnavailable(f"no data channel: {exc}") from exc

@@ -36,7 +36,10 @@ class Limits:
 class NodeConfig:
     listen: list[str] = field(default_factory=lambda: ["/ip4/0.0.0.0/tcp/4001"])
     rpc: str = ""  # "" = the default unix socket
-    token_file: Path | None = None  # TCP RPC only; default: <default socket dir>/rpc-token
+    token_file: Path | None = None  # TCP and TLS RPC only; default: <default socket dir>/rpc-token
+    tls_cert: Path | None = None  # TLS RPC: the node's certificate (default: self-signed, kept)
+    tls_key: Path | None = None  # its key (default: in the certificate's file)
+    tls_client_certs: Path | None = None  # TLS RPC: admit clients by these certificates instead of the token
     identity: Path | None = None
     muxer: str | None = None  # "yamux" or "mplex" first; default: yamux
     accept_timeout: float = 10.0  # Handler.handle must answer within this

@@ -2,9 +2,9 @@
 
 It binds the unix socket (and the data channel's beside it) or the TCP port, accepts
 connections, charges each a descriptor and a module place before anything else (a TCP
-one also a handshake until it proves the token, see :mod:`logos_p2p._auth`), and serves
-each as a Cap'n Proto connection with a session of its own. Refusals close the
-connection at once (counted, logged in bulk).
+or TLS one also a handshake until it proves the token, see :mod:`logos_p2p._auth` and
+:mod:`logos_p2p._tls`), and serves each as a Cap'n Proto connection with a session of
+its own. Refusals close the connection at once (counted, logged in bulk).
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ import contextlib
 import logging
 import os
 import socket
+import ssl
 import stat
 import struct
 from collections.abc import Callable, Coroutine
@@ -22,10 +23,10 @@ from typing import Any
 
 import capnp
 
-from .. import _address, _auth
+from .. import _address, _auth, _kj, _private, _tls
 from .._wire import last_line
 from ..errors import AuthenticationFailed, Cause, LimitExceeded
-from . import _resources
+from . import _certificate, _resources
 from ._config import NodeConfig
 from ._resources import Grant, release_all
 from ._session import ModuleSession
@@ -54,7 +55,10 @@ class Endpoint:
         self.token_file = ""
         self.auth_failures = 0
         self.data_socket: tuple[socket.socket, str] | None = None  # a unix endpoint's data channel listener
-        self._token: bytes | None = None  # a TCP endpoint's secret
+        self._token: bytes | None = None  # a TCP or TLS endpoint's secret
+        self._tls: ssl.SSLContext | None = None  # a TLS endpoint's
+        self._client_certs: set[str] = set()  # fingerprints a TLS endpoint admits instead of the token
+        self.tls_fingerprint = ""
         self._listener: socket.socket | None = None
         self._unix_path = ""
         self._accept_task: asyncio.Task[Any] | None = None
@@ -70,15 +74,35 @@ class Endpoint:
             self._unix_path = address.path
         else:
             token_path = self.config.token_file or _auth.default_token_file()
-            if not token_path.parent.exists():
+            if token_path.parent == _address.default_socket_dir():
+                _private.ensure_dir(token_path.parent)
+            elif not token_path.parent.exists():
                 token_path.parent.mkdir(mode=0o700, parents=True)
             self._token = _auth.node_token(token_path)
             self.token_file = str(token_path)
+            if address.kind == "tls":
+                self._bind_tls()
             sock = socket.create_server((address.host, address.port), backlog=128, reuse_port=False)
             host, port = sock.getsockname()[:2]
-            self.address = str(_address.Address("tcp", host=host, port=port))
+            self.address = str(_address.Address(address.kind, host=host, port=port))
+            if address.kind == "tcp":
+                log.warning(
+                    "the RPC endpoint %s is not encrypted: anyone on the path can read and change what "
+                    "modules send and receive; use tls:HOST:PORT for modules on other machines",
+                    self.address,
+                )
         sock.setblocking(False)
         self._listener = sock
+
+    def _bind_tls(self) -> None:
+        config = self.config
+        if config.tls_cert is not None:
+            cert, key = config.tls_cert, config.tls_key or config.tls_cert
+        else:
+            state = config.identity.parent if config.identity is not None else _address.default_socket_dir()
+            cert, key = _certificate.self_signed(state)
+        self._tls, self._client_certs = _tls.server_context(cert, key, config.tls_client_certs)
+        self.tls_fingerprint = _tls.file_fingerprint(cert)
 
     def start(self) -> None:
         assert self._listener is not None
@@ -113,12 +137,21 @@ class Endpoint:
                 self._spawn(self._authenticate(conn, _peer_label(conn, peer), self._token, grants))
 
     async def _authenticate(self, conn: socket.socket, label: str, token: bytes, grants: list[Grant]) -> None:
-        """A TCP client proves it knows the token before it reaches any capability."""
+        """A TCP or TLS client proves it knows the token (or, on a TLS endpoint that asks for
+        one, shows an admitted certificate) before it reaches any capability; the whole
+        handshake has AUTH_TIMEOUT."""
         conn.setblocking(False)
         try:
             conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            await _auth.authenticate_client(conn, token)
-        except (AuthenticationFailed, OSError, TimeoutError) as exc:
+            async with asyncio.timeout(_auth.AUTH_TIMEOUT):
+                if self._tls is None:
+                    await _auth.authenticate_client(_auth.SocketWire(conn), token)
+                    stream = None
+                else:
+                    stream, who = await self._tls_session(conn, token)
+                    if who:
+                        label += f" cert {who}"
+        except (AuthenticationFailed, OSError, TimeoutError) as exc:  # ssl.SSLError is an OSError
             self.auth_failures += 1
             reason = "no answer in time" if isinstance(exc, TimeoutError) else last_line(exc)
             self.rm.refused(grants[-1].scopes[-1], "auth", f"from {label}: {reason}")
@@ -127,15 +160,35 @@ class Endpoint:
                 conn.close()
             return
         grants.pop().release()  # no longer a handshake: a module
-        await self._serve_connection(conn, label, grants)
+        await self._serve_connection(conn, label, grants, stream)
 
-    async def _serve_connection(self, conn: socket.socket, label: str, grants: list[Grant]) -> None:
+    async def _tls_session(self, conn: socket.socket, token: bytes) -> tuple[Any, str]:
+        """TLS on an accepted connection, the exchange inside it, then Cap'n Proto's stream
+        on it; and the fingerprint of the client's certificate, if one is asked for."""
+        loop = asyncio.get_running_loop()
+        transport, wire = await loop.connect_accepted_socket(
+            _auth.TransportWire, conn, ssl=self._tls, ssl_handshake_timeout=_auth.AUTH_TIMEOUT
+        )
+        try:
+            who = _tls.check_client(transport.get_extra_info("ssl_object"), self._client_certs)
+            await _auth.authenticate_client(wire, None if self._client_certs else token)
+            if wire.pending:
+                raise AuthenticationFailed("the client sent before the exchange ended")
+            return _kj.stream_on(transport), who
+        except BaseException:
+            transport.abort()
+            raise
+
+    async def _serve_connection(self, conn: socket.socket, label: str, grants: list[Grant], stream: Any = None) -> None:
+        """Serve one authenticated connection: ``stream`` is its capnp stream, if the
+        handshake made one (TLS)."""
         session = self.streams.new_session(label)
         log.info("module %s connected (%s)", session.id, label)
         session.teardown_hooks.append(lambda cause: self._closed_elsewhere(session, cause))
-        server = stream = None
+        server = None
         try:
-            stream = await capnp.AsyncIoStream.create_connection(sock=conn)
+            if stream is None:
+                stream = await capnp.AsyncIoStream.create_connection(sock=conn)
             server = capnp.TwoPartyServer(
                 stream,
                 bootstrap=self.bootstrap(session),
@@ -204,24 +257,27 @@ def _peer_label(conn: socket.socket, peer: Any) -> str:
 
 
 def bind_unix(path: Path, kind: int = socket.SOCK_STREAM) -> socket.socket:
-    """A listening unix socket, mode 0600, in a directory only this user can enter."""
+    """A listening unix socket, mode 0600, in a directory no one else can tamper with.
+
+    The default directory must be this user's alone (made 0700 if missing); another one
+    must be a real directory (not a symlink) of this user's or root's, and sticky if
+    others may write in it. A socket already there is taken over only if it is this
+    user's and nobody answers on it (``ECONNREFUSED``, within a second).
+    """
     parent = path.parent
-    if not parent.exists():
-        parent.mkdir(mode=0o700, parents=True)
-    if parent == _address.default_socket_dir() and not _address.owner_only(parent):
-        raise PermissionError(f"{parent} must be owned by uid {os.getuid()} with mode 0700")
-    if path.exists() or path.is_symlink():
-        if not stat.S_ISSOCK(path.lstat().st_mode):
+    if parent == _address.default_socket_dir():
+        _private.ensure_dir(parent)
+    else:
+        if not os.path.lexists(parent):
+            parent.mkdir(mode=0o700, parents=True)
+        _check_shared_dir(parent)
+    if os.path.lexists(path):
+        info = path.lstat()
+        if not stat.S_ISSOCK(info.st_mode):
             raise FileExistsError(f"{path} exists and is not a socket")
-        probe = socket.socket(socket.AF_UNIX, kind)
-        try:
-            probe.connect(str(path))
-        except OSError:
-            path.unlink()  # stale: nobody listens
-        else:
-            raise OSError(f"another node is listening on {path}")
-        finally:
-            probe.close()
+        if info.st_uid != os.getuid():
+            raise PermissionError(f"{path} belongs to uid {info.st_uid}: refused (another user's node, or a trap)")
+        _take_over_stale(path, kind)
     sock = socket.socket(socket.AF_UNIX, kind)
     old = os.umask(0o177)
     try:
@@ -231,3 +287,28 @@ def bind_unix(path: Path, kind: int = socket.SOCK_STREAM) -> socket.socket:
     os.chmod(path, 0o600)
     sock.listen(128)
     return sock
+
+
+def _check_shared_dir(path: Path) -> None:
+    info = path.lstat()
+    if stat.S_ISLNK(info.st_mode) or not stat.S_ISDIR(info.st_mode):
+        raise PermissionError(f"{path} is a symlink or not a directory: refused")
+    if info.st_uid not in (os.getuid(), 0):
+        raise PermissionError(f"{path} belongs to uid {info.st_uid}: refused")
+    if info.st_mode & 0o022 and not info.st_mode & stat.S_ISVTX:
+        raise PermissionError(f"others may replace files in {path} (mode {stat.S_IMODE(info.st_mode):o}): refused")
+
+
+def _take_over_stale(path: Path, kind: int) -> None:
+    probe = socket.socket(socket.AF_UNIX, kind)
+    probe.settimeout(1.0)
+    try:
+        probe.connect(str(path))
+    except ConnectionRefusedError:
+        path.unlink()  # stale: nobody listens
+        return
+    except OSError as exc:
+        raise OSError(f"{path} is in use or unreachable ({exc}): not taken over") from None
+    finally:
+        probe.close()
+    raise OSError(f"another node is listening on {path}")

@@ -103,6 +103,8 @@ class NodeService:
         line = {"peer_id": self.peer_id, "addrs": self.addrs, "rpc": self.rpc_address}
         if self.endpoint.token_file:
             line["token_file"] = self.endpoint.token_file
+        if self.endpoint.tls_fingerprint:
+            line["tls_fingerprint"] = self.endpoint.tls_fingerprint
         return line
 
     async def shutdown(self) -> None:

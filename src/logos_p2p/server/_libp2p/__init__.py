@@ -91,6 +91,7 @@ from ._host import connected_peers as connected_peers
 from ._host import disconnect as disconnect
 from ._host import load_or_create_identity as load_or_create_identity
 from ._host import open_stream as open_stream
+from ._host import peer_id_of_identity as peer_id_of_identity
 from ._host import push_identify as push_identify
 from ._host import quiet_libp2p_logs as quiet_libp2p_logs
 from ._host import run_host as run_host

@@ -45,6 +45,11 @@ INetStream = Any
 # -- host ----------------------------------------------------------------------------------------
 
 
+def peer_id_of_identity(path: Path) -> str:
+    """The peer id of the identity key in ``path``."""
+    return str(ID.from_pubkey(load_identity(path).public_key))
+
+
 def load_or_create_identity(path: Path | None) -> KeyPair:
     """The node's key pair: loaded from ``path``, created there (0600) on first run."""
     if path is None:

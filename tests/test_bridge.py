@@ -161,6 +161,12 @@ def pattern(size: int, seed: int = 0) -> bytes:
     return (block * (size // len(block) + 1))[:size]
 
 
+async def _flood(c: Case, data: bytes, written: trio.Event) -> None:
+    """The peer writes ``data`` (as fast as the stream takes it), then sets ``written``."""
+    await _libp2p.write(c.wire.peer, data)
+    written.set()
+
+
 async def peer_read_all(wire: Wire) -> bytes:
     out = bytearray()
     while (data := await _libp2p.read(wire.peer, 64 * KiB)) is not None:
@@ -241,13 +247,8 @@ async def test_a_module_that_stops_reading_stops_the_peer_with_a_bounded_buffer(
     async with bridged(muxer, "pull", rx_buffer=bound, read_chunk=16 * KiB) as c:
         data = pattern(2 * 1024 * KiB, 4)
         written = trio.Event()
-
-        async def flood() -> None:
-            await _libp2p.write(c.wire.peer, data)
-            written.set()
-
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(flood)
+            nursery.start_soon(_flood, c, data, written)
             while len(c.side.rx) < bound:
                 await c.side.rx_changed.wait_trio()
             await trio.testing.wait_all_tasks_blocked()
@@ -519,13 +520,8 @@ async def test_a_module_that_stops_reading_its_socket_stops_the_bridge_reading(m
         assert c.module is not None
         data = pattern(4 * 1024 * KiB, 10)
         written = trio.Event()
-
-        async def flood() -> None:
-            await _libp2p.write(c.wire.peer, data)
-            written.set()
-
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(flood)
+            nursery.start_soon(_flood, c, data, written)
             await trio.testing.wait_all_tasks_blocked()
             # the bridge took from the muxer what the socket's kernel buffers hold and one
             # frame on its way; the rest waits in the muxer, within its window

@@ -155,7 +155,9 @@ def test_node_fixture_starts_with_debug_logs(node):
     assert "ready" in node.log()
 
 
-@pytest.mark.parametrize("bad", [["--rpc", "ftp:nope"], ["--listen", "not-a-multiaddr"]])
+@pytest.mark.parametrize(
+    "bad", [["--rpc", "ftp:nope"], ["--listen", "not-a-multiaddr"], ["--tls-client-certs", "clients.pem"]]
+)
 def test_bad_arguments_fail_cleanly(bad, tmp_path):
     args = ["serve", "--rpc", f"unix:{tmp_path / 's'}", "--listen", "/ip4/127.0.0.1/tcp/0", *bad]
     result = run_cli(*args)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import socket
 import stat
+from functools import partial
 from pathlib import Path
 
 import pytest
@@ -24,6 +25,7 @@ from logos_p2p.errors import AuthenticationFailed, ProtocolInUse
 from .conftest import eventually, node_status, run_aio
 from .support import peer as p
 from .support.nodeproc import start_node
+from .support.relay import start_relay
 
 PROTO = "/sec/1.0.0"
 
@@ -95,35 +97,11 @@ async def test_a_token_in_the_environment_or_a_token_file_is_found(tcp_node, mon
     assert await info_with(tcp_node.rpc) == tcp_node.peer_id
 
 
-async def _relay(listener: trio.SocketListener, target: tuple[str, int], record: bytearray, done: trio.Event):
-    """Forward one connection to ``target``, recording what the client sent."""
-    client = await listener.accept()
-    server = await trio.open_tcp_stream(*target)
-
-    async def pump(src, dst, keep: bytearray | None) -> None:
-        try:
-            while data := await src.receive_some(65536):
-                if keep is not None:
-                    keep += data
-                await dst.send_all(data)
-        except (trio.BrokenResourceError, trio.ClosedResourceError):
-            pass
-        finally:
-            await dst.aclose()
-
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(pump, client, server, record)
-        nursery.start_soon(pump, server, client, None)
-    done.set()
-
-
 async def test_replaying_another_connections_bytes_gets_nothing(tcp_node, nursery):
     """A recorded, successful session replayed byte for byte is refused: the node's nonce differs."""
     host, port = _host_port(tcp_node.rpc)
-    listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
-    relay_port = listeners[0].socket.getsockname()[1]
     record, done = bytearray(), trio.Event()
-    nursery.start_soon(_relay, listeners[0], (host, port), record, done)
+    relay_port = await start_relay(nursery, partial(trio.open_tcp_stream, host, port), sent=record, ended=done)
     assert await info_with(f"tcp:127.0.0.1:{relay_port}") == tcp_node.peer_id  # the genuine session
     with trio.fail_after(5):
         await done.wait()

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import socket
 import ssl
-from collections.abc import Awaitable, Callable
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -28,6 +27,7 @@ from .conftest import eventually, node_status, run_aio
 from .support import certs
 from .support import peer as p
 from .support.modproc import start_module
+from .support.relay import start_relay
 
 PROTO = "/tls-test/1.0.0"
 SECRET = b"the payload no relay may read " * 64
@@ -178,7 +178,7 @@ async def test_a_relay_with_a_certificate_of_its_own_is_refused(tls_node, nurser
         tcp = await trio.open_tcp_stream(host, port)
         return trio.SSLStream(tcp, to_node, server_hostname=None)
 
-    relay_port = await start_relay(nursery, client_side, server_side, heard)
+    relay_port = await start_relay(nursery, client_side, accept=server_side, sent=heard)
     before = await auth_failures(tls_node)
     with pytest.raises(AuthenticationFailed, match="not the pinned"):
         await info_with(f"tls:127.0.0.1:{relay_port}")
@@ -199,7 +199,7 @@ async def test_a_recording_relay_sees_neither_token_nor_payload(
     monkeypatch.setenv(_auth.TOKEN_FILE_ENV, node.token_file)
     host, port = host_port(node.rpc)
     captured = bytearray()
-    relay_port = await start_relay(nursery, partial(trio.open_tcp_stream, host, port), None, captured)
+    relay_port = await start_relay(nursery, partial(trio.open_tcp_stream, host, port), sent=captured, received=captured)
     module = await start_module(nursery, f"{kind}:127.0.0.1:{relay_port}", "push", "relayed")
     try:
         await module.call("register_echo", "e", [PROTO])
@@ -218,7 +218,7 @@ async def test_a_recording_relay_sees_neither_token_nor_payload(
 async def test_a_cut_tls_connection_resets_the_modules_streams(tls_node, peer, nursery):
     host, port = host_port(tls_node.rpc)
     cut = trio.Event()
-    relay_port = await start_relay(nursery, partial(trio.open_tcp_stream, host, port), None, bytearray(), cut)
+    relay_port = await start_relay(nursery, partial(trio.open_tcp_stream, host, port), cut=cut)
     module = await start_module(nursery, f"tls:127.0.0.1:{relay_port}", "push", "cut-off")
     try:
         await module.call("register_holder", "h", [PROTO])
@@ -279,55 +279,3 @@ def test_status_and_info_over_tls(tls_node, monkeypatch, tmp_path):
     assert ok.returncode == 0 and f'"peerId": "{tls_node.peer_id}"' in ok.stdout
     info = run_cli("info")  # the node's files in its default state directory
     assert info.returncode == 0 and f'"tls_fingerprint": "{tls_node.tls_fingerprint}"' in info.stdout
-
-
-# -- relays -----------------------------------------------------------------------------------------
-
-
-async def start_relay(
-    nursery: trio.Nursery,
-    connect_out: Callable[[], Awaitable[trio.abc.Stream]],
-    accept: Callable[[trio.SocketStream], Awaitable[trio.abc.Stream]] | None,
-    record: bytearray,
-    cut: trio.Event | None = None,
-) -> int:
-    """A relay on 127.0.0.1 to ``connect_out``; what the client sends is recorded in
-    ``record`` (and, for a plain relay, what it receives too); ``cut`` set closes every
-    connection it carries. Returns its port."""
-
-    async def handle(client: trio.SocketStream) -> None:
-        inbound: trio.abc.Stream = client
-        try:
-            if accept is not None:
-                inbound = await accept(client)
-            outbound = await connect_out()
-        except (trio.BrokenResourceError, OSError):
-            await client.aclose()
-            return
-        async with inbound, outbound, trio.open_nursery() as pumps:
-            pumps.start_soon(_pump, inbound, outbound, record, pumps.cancel_scope)
-            pumps.start_soon(_pump, outbound, inbound, record if accept is None else None, pumps.cancel_scope)
-            if cut is not None:
-                pumps.start_soon(_cut_on, cut, pumps.cancel_scope)
-
-    listeners = await nursery.start(partial(trio.serve_tcp, handle, 0, host="127.0.0.1"))
-    return int(listeners[0].socket.getsockname()[1])
-
-
-async def _pump(
-    source: trio.abc.Stream, sink: trio.abc.Stream, record: bytearray | None, done: trio.CancelScope
-) -> None:
-    try:
-        while data := await source.receive_some(65536):
-            if record is not None:
-                record += data
-            await sink.send_all(data)
-    except (trio.BrokenResourceError, trio.ClosedResourceError):
-        pass
-    finally:
-        done.cancel()
-
-
-async def _cut_on(cut: trio.Event, scope: trio.CancelScope) -> None:
-    await cut.wait()
-    scope.cancel()

@@ -17,7 +17,7 @@ import secrets
 import socket
 import stat
 import struct
-from collections.abc import Collection
+from collections.abc import Callable, Collection
 from pathlib import Path
 
 from .errors import AuthenticationFailed
@@ -27,17 +27,20 @@ def _refusal(path: Path, what: str) -> PermissionError:
     return PermissionError(f"{path} {what}: refused (it must be owned by uid {os.getuid()} and private to it)")
 
 
-def check_dir(path: Path) -> None:
-    """``path`` is a directory (not a symlink) of this user's that no one else may enter."""
-    info = path.lstat()
+def _check(path: Path, info: os.stat_result, is_kind: Callable[[int], bool], kind: str, loose: str) -> None:
     if stat.S_ISLNK(info.st_mode):
         raise _refusal(path, "is a symlink")
-    if not stat.S_ISDIR(info.st_mode):
-        raise _refusal(path, "is not a directory")
+    if not is_kind(info.st_mode):
+        raise _refusal(path, f"is not {kind}")
     if info.st_uid != os.getuid():
         raise _refusal(path, f"belongs to uid {info.st_uid}")
     if info.st_mode & 0o077:
-        raise _refusal(path, f"has mode {stat.S_IMODE(info.st_mode):o}, not 700")
+        raise _refusal(path, f"has mode {stat.S_IMODE(info.st_mode):o}, {loose}")
+
+
+def check_dir(path: Path) -> None:
+    """``path`` is a directory (not a symlink) of this user's that no one else may enter."""
+    _check(path, path.lstat(), stat.S_ISDIR, "a directory", "not 700")
 
 
 def ensure_dir(path: Path) -> None:
@@ -58,13 +61,7 @@ def read(path: Path) -> bytes:
             raise _refusal(path, "is a symlink") from None
         raise
     with os.fdopen(fd, "rb") as f:
-        info = os.fstat(f.fileno())
-        if not stat.S_ISREG(info.st_mode):
-            raise _refusal(path, "is not a regular file")
-        if info.st_uid != os.getuid():
-            raise _refusal(path, f"belongs to uid {info.st_uid}")
-        if info.st_mode & 0o077:
-            raise _refusal(path, f"has mode {stat.S_IMODE(info.st_mode):o}, readable by others (chmod 600)")
+        _check(path, os.fstat(f.fileno()), stat.S_ISREG, "a regular file", "readable by others (chmod 600)")
         return f.read()
 
 

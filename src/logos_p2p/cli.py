@@ -156,15 +156,16 @@ def _serve(args: argparse.Namespace) -> int:
     import trio
 
     from . import _address
-    from .errors import LogosP2PError
+    from .errors import InvalidArgument, LogosP2PError
     from .server import NodeConfig, NodeService, _debug
     from .server._config import Limits
     from .server._libp2p import parse_addr, quiet_libp2p_logs
     from .server._resources import ResourceLimits
 
     try:  # bad arguments fail before anything starts
-        if args.rpc:
-            _address.parse(args.rpc)
+        kind = _address.parse(args.rpc).kind if args.rpc else "unix"
+        if kind != "tls" and (args.tls_cert or args.tls_key or args.tls_client_certs):
+            raise InvalidArgument("--tls-cert, --tls-key and --tls-client-certs need --rpc tls:HOST:PORT")
         for addr in args.listen or ():
             parse_addr(addr)
     except LogosP2PError as exc:

@@ -3,9 +3,9 @@
 The node runs py-libp2p on trio and pycapnp on asyncio, both on one thread:
 trio-asyncio runs the asyncio loop inside trio. Because they share a thread,
 plain synchronous calls cross freely -- setting a trio Event from asyncio
-code, resolving an asyncio future from trio code -- and cost ~13 us for a
-round trip, where ``trio_as_aio``/``aio_as_trio`` cost ~40-50 us each and
-start a task per call (which would reorder pipelined writes).
+code, resolving an asyncio future from trio code -- at a fraction of the
+cost of ``trio_as_aio``/``aio_as_trio``, which also start a task per call
+(which would reorder pipelined writes; bench/README.md has the figures).
 
 So the bridge keeps its state in plain Python and uses:
 

@@ -223,8 +223,8 @@ def take(net_stream: INetStream, max_bytes: int) -> bytes | None:
 
     Unlike :func:`read` this does not give the peer its window back: the
     caller does that with :func:`credit` once the bytes are on their way. A
-    yamux read sends its window update *before* it returns the data -- about
-    80 us on this machine that the bytes would wait for nothing.
+    yamux read sends its window update *before* it returns the data: a write
+    to the connection the bytes would wait for, for nothing.
     """
     muxed = net_stream.muxed_stream
     if not isinstance(muxed, YamuxStream) or muxed.closed or muxed.reset_received:

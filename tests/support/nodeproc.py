@@ -1,4 +1,5 @@
-"""A logos-p2p node as a real subprocess (``python -m logos_p2p serve``)."""
+"""A logos-p2p node as a real process of its own (``logos-p2p serve``), forked from the
+tests' node zygote (:mod:`.zygote`) or started as ``python -m logos_p2p serve``."""
 
 from __future__ import annotations
 
@@ -15,10 +16,12 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
+from .zygote import Child, zygote
+
 
 @dataclass
 class NodeProcess:
-    proc: subprocess.Popen[bytes]
+    proc: subprocess.Popen[bytes] | Child  # a Child of the zygote unless it is turned off
     workdir: Path
     peer_id: str = ""
     addrs: list[str] = field(default_factory=list)
@@ -40,7 +43,7 @@ class NodeProcess:
 
     def kill(self) -> None:
         if self.proc.poll() is None:
-            os.kill(self.proc.pid, signal.SIGKILL)
+            self.proc.send_signal(signal.SIGKILL)  # by PID; a node that just exited is let be
         self.proc.wait(timeout=10)
 
     def snapshot(self, timeout: float = 3.0) -> str:
@@ -49,7 +52,10 @@ class NodeProcess:
             return ""
         marker = "state snapshot (SIGUSR1)"
         before = self.log().count(marker)
-        os.kill(self.proc.pid, signal.SIGUSR1)
+        try:
+            os.kill(self.proc.pid, signal.SIGUSR1)
+        except ProcessLookupError:
+            return ""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:  # the node writes its log; nothing to wait on but the file
             text = self.log()
@@ -89,9 +95,12 @@ def spawn_node(workdir: Path, *args: str, rpc: str | None = None, nofile: int | 
     argv = [sys.executable, "-m", "logos_p2p", "serve", "--rpc", rpc, "--log-level", "debug", *args]
     if "--listen" not in args:
         argv += ["--listen", "/ip4/127.0.0.1/tcp/0"]
-    log = open(workdir / "node.log", "wb")  # noqa: SIM115 - closed with the process
-    limit = None if nofile is None else partial(resource.setrlimit, resource.RLIMIT_NOFILE, (nofile, nofile))
-    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=log, stdin=subprocess.DEVNULL, preexec_fn=limit)
+    with open(workdir / "node.log", "wb") as log:  # the node's stderr: its copy outlives ours
+        forks = zygote()
+        if forks is not None:
+            return NodeProcess(forks.spawn(argv[3:], log, nofile), workdir)
+        limit = None if nofile is None else partial(resource.setrlimit, resource.RLIMIT_NOFILE, (nofile, nofile))
+        proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=log, stdin=subprocess.DEVNULL, preexec_fn=limit)
     return NodeProcess(proc, workdir)
 
 

@@ -18,6 +18,7 @@ from logos_p2p.client import connect
 from .support.modproc import ModuleProcess, start_module
 from .support.nodeproc import NodeProcess, spawn_node, wait_ready
 from .support.peer import Peer, open_peer
+from .support.zygote import close_zygote
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -35,6 +36,15 @@ def private_runtime_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pa
             os.environ.pop("XDG_RUNTIME_DIR", None)
         else:
             os.environ["XDG_RUNTIME_DIR"] = old
+
+
+@pytest.fixture(scope="session", autouse=True)
+def node_zygote() -> Iterator[None]:
+    """The process test nodes fork from (support/zygote.py), killed by its PID at the end."""
+    try:
+        yield
+    finally:
+        close_zygote()
 
 
 FAILED = pytest.StashKey[bool]()

@@ -78,6 +78,7 @@ class Zygote:
             stdin=subprocess.DEVNULL,
             cwd=str(ROOT),
             env=env,
+            preexec_fn=_die_with_parent,
         )
         assert self.proc.stdout is not None
         if self.proc.stdout.readline() != b"ready\n":
@@ -114,7 +115,23 @@ class Zygote:
             os.rmdir(self.dir)
 
 
+def _die_with_parent() -> None:
+    """In the zygote: SIGKILL it when the test process dies, however it dies (Linux)."""
+    import ctypes
+
+    pr_set_pdeathsig = 1
+    ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGKILL)
+
+
 _zygote: Zygote | None = None
+
+
+def close_zygote() -> None:
+    """Kill this test process's zygote by its PID (the nodes it forked are the tests')."""
+    global _zygote
+    if _zygote is not None:
+        _zygote.close()
+        _zygote = None
 
 
 def zygote() -> Zygote | None:

@@ -24,23 +24,13 @@ from libp2p.peer.id import ID
 from libp2p.peer.peerinfo import PeerInfo
 from libp2p.protocol_muxer.exceptions import MultiselectClientError
 
-from ...errors import (
-    InvalidArgument,
-    LimitExceeded,
-    NegotiationFailed,
-    PeerUnreachable,
-    ProtocolNotSupported,
-    Timeout,
-)
+from ...errors import InvalidArgument, LimitExceeded, NegotiationFailed, PeerUnreachable, ProtocolNotSupported, Timeout
 from .. import _resources as res
 from ._fixes import _STREAM_GONE, install_fixes
 from ._gate import Refused
-from ._io import _endpoint_maddr, parse_addr, parse_peer_addr, peer_id_of
+from ._io import INetStream, _endpoint_maddr, parse_addr, parse_peer_addr, peer_id_of
 
 log = logging.getLogger("logos_p2p.node")
-
-# py-libp2p's NetStream; its INetStream ABC lacks muxed_stream/close_write, which we use.
-INetStream = Any
 
 # -- host ----------------------------------------------------------------------------------------
 

@@ -24,13 +24,7 @@ from libp2p.stream_muxer.yamux.yamux import HEADER_SIZE as YAMUX_HEADER_SIZE
 from libp2p.stream_muxer.yamux.yamux import MAX_MESSAGE_SIZE as YAMUX_MAX_MESSAGE
 from libp2p.stream_muxer.yamux.yamux import YamuxStream
 
-from ...errors import (
-    Cause,
-    InvalidArgument,
-    LogosP2PError,
-    StreamReset,
-    reset_error,
-)
+from ...errors import Cause, InvalidArgument, LogosP2PError, StreamReset, reset_error
 from ._fixes import _STREAM_GONE
 
 log = logging.getLogger("logos_p2p.node")

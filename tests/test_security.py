@@ -14,6 +14,7 @@ import socket
 import stat
 from functools import partial
 from pathlib import Path
+from typing import Any
 
 import pytest
 import trio
@@ -30,7 +31,7 @@ from .support.relay import start_relay
 PROTO = "/sec/1.0.0"
 
 
-async def info_with(rpc: str, **kwargs) -> str:
+async def info_with(rpc: str, **kwargs: Any) -> str:
     async def ask() -> str:
         async with connect(rpc, name="sec-probe", **kwargs) as n:
             return (await n.info()).peer_id
@@ -38,8 +39,8 @@ async def info_with(rpc: str, **kwargs) -> str:
     return await run_aio(ask)
 
 
-async def auth_failures(node) -> int:
-    return (await node_status(node.rpc))["authFailures"]
+async def auth_failures(node: Any) -> int:
+    return int((await node_status(node.rpc))["authFailures"])
 
 
 @pytest.fixture
@@ -49,7 +50,7 @@ def tcp_node(node_factory):
     return node
 
 
-def token_of(node) -> str:
+def token_of(node: Any) -> str:
     return Path(node.token_file).read_text()
 
 
@@ -59,8 +60,9 @@ def modes(path: str) -> tuple[int, int, int]:
     return stat.S_IMODE(info.st_mode), info.st_uid, stat.S_IMODE(Path(path).parent.stat().st_mode)
 
 
-def _host_port(rpc: str) -> tuple[str, int]:
-    host, _, port = rpc.removeprefix("tcp:").rpartition(":")
+def host_port(rpc: str) -> tuple[str, int]:
+    """(host, port) of a tcp: or tls: address."""
+    host, _, port = rpc.partition(":")[2].rpartition(":")
     return host, int(port)
 
 
@@ -99,7 +101,7 @@ async def test_a_token_in_the_environment_or_a_token_file_is_found(tcp_node, mon
 
 async def test_replaying_another_connections_bytes_gets_nothing(tcp_node, nursery):
     """A recorded, successful session replayed byte for byte is refused: the node's nonce differs."""
-    host, port = _host_port(tcp_node.rpc)
+    host, port = host_port(tcp_node.rpc)
     record, done = bytearray(), trio.Event()
     relay_port = await start_relay(nursery, partial(trio.open_tcp_stream, host, port), sent=record, ended=done)
     assert await info_with(f"tcp:127.0.0.1:{relay_port}") == tcp_node.peer_id  # the genuine session
@@ -125,7 +127,7 @@ async def test_replaying_another_connections_bytes_gets_nothing(tcp_node, nurser
 async def test_a_client_that_never_speaks_is_cut_and_others_are_served_meanwhile(node_factory):
     # 20 silent clients and the served one share 127.0.0.1: above the default per-address cap
     tcp_node = node_factory("--max-handshakes-per-ip", "32", rpc="tcp:127.0.0.1:0")
-    host, port = _host_port(tcp_node.rpc)
+    host, port = host_port(tcp_node.rpc)
     silent = [socket.create_connection((host, port)) for _ in range(20)]
     try:
         token = token_of(tcp_node)

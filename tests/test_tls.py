@@ -13,45 +13,22 @@ from __future__ import annotations
 import socket
 import ssl
 from functools import partial
-from pathlib import Path
-from typing import Any
 
 import pytest
 import trio
 
 from logos_p2p import _auth, _tls
-from logos_p2p.client import connect
 from logos_p2p.errors import AuthenticationFailed, StreamReset
 
-from .conftest import eventually, node_status, run_aio
+from .conftest import eventually, node_status
 from .support import certs
 from .support import peer as p
 from .support.modproc import start_module
 from .support.relay import start_relay
+from .test_security import auth_failures, host_port, info_with, token_of
 
 PROTO = "/tls-test/1.0.0"
 SECRET = b"the payload no relay may read " * 64
-
-
-def token_of(node: Any) -> str:
-    return Path(node.token_file).read_text()
-
-
-def host_port(rpc: str) -> tuple[str, int]:
-    host, _, port = rpc.partition(":")[2].rpartition(":")
-    return host, int(port)
-
-
-async def info_with(rpc: str, **kwargs: Any) -> str:
-    async def ask() -> str:
-        async with connect(rpc, name="tls-probe", **kwargs) as n:
-            return (await n.info()).peer_id
-
-    return str(await run_aio(ask))
-
-
-async def auth_failures(node: Any) -> int:
-    return int((await node_status(node.rpc))["authFailures"])
 
 
 @pytest.fixture
@@ -279,3 +256,16 @@ def test_status_and_info_over_tls(tls_node, monkeypatch, tmp_path):
     assert ok.returncode == 0 and f'"peerId": "{tls_node.peer_id}"' in ok.stdout
     info = run_cli("info")  # the node's files in its default state directory
     assert info.returncode == 0 and f'"tls_fingerprint": "{tls_node.tls_fingerprint}"' in info.stdout
+
+
+def test_the_self_signed_certificate_is_made_in_a_state_directory_that_did_not_exist(
+    node_factory, tmp_path, monkeypatch
+):
+    runtime = tmp_path / "runtime"
+    runtime.mkdir(mode=0o700)
+    monkeypatch.setenv("XDG_RUNTIME_DIR", str(runtime))  # no logos-p2p directory in it yet
+    node = node_factory("--token-file", str(tmp_path / "token"), rpc="tls:127.0.0.1:0")
+    state = runtime / "logos-p2p"
+    assert oct(state.stat().st_mode & 0o777) == "0o700"
+    assert _tls.file_fingerprint(state / "tls-cert.pem") == node.tls_fingerprint
+    assert oct((state / "tls-key.pem").stat().st_mode & 0o777) == "0o600"

@@ -97,15 +97,16 @@ def trusted_uids(given: int | None = None) -> set[int]:
     return uids
 
 
-def peer_uid(sock: socket.socket) -> int:
-    """The uid of the process at the other end of a connected unix socket (``SO_PEERCRED``)."""
+def peer_credentials(sock: socket.socket) -> tuple[int, int]:
+    """(pid, uid) of the process at the other end of a connected unix socket (``SO_PEERCRED``)."""
     creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
-    return int(struct.unpack("3i", creds)[1])
+    pid, uid, _gid = struct.unpack("3i", creds)
+    return int(pid), int(uid)
 
 
 def check_peer(sock: socket.socket, path: str, uids: Collection[int]) -> None:
     """Refuse a unix socket whose listening process does not run as one of ``uids``."""
-    uid = peer_uid(sock)
+    uid = peer_credentials(sock)[1]
     if uid not in uids:
         raise AuthenticationFailed(
             f"the process behind {path} runs as uid {uid}, not as this user or root: refused (another "

@@ -16,7 +16,6 @@ import os
 import socket
 import ssl
 import stat
-import struct
 from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any
@@ -74,10 +73,7 @@ class Endpoint:
             self._unix_path = address.path
         else:
             token_path = self.config.token_file or _auth.default_token_file()
-            if token_path.parent == _address.default_socket_dir():
-                _private.ensure_dir(token_path.parent)
-            elif not token_path.parent.exists():
-                token_path.parent.mkdir(mode=0o700, parents=True)
+            prepare_dir(token_path.parent)
             self._token = _auth.node_token(token_path)
             self.token_file = str(token_path)
             if address.kind == "tls":
@@ -100,6 +96,7 @@ class Endpoint:
             cert, key = config.tls_cert, config.tls_key or config.tls_cert
         else:
             state = config.identity.parent if config.identity is not None else _address.default_socket_dir()
+            prepare_dir(state)
             cert, key = _certificate.self_signed(state)
         self._tls, self._client_certs = _tls.server_context(cert, key, config.tls_client_certs)
         self.tls_fingerprint = _tls.file_fingerprint(cert)
@@ -166,9 +163,7 @@ class Endpoint:
         """TLS on an accepted connection, the exchange inside it, then Cap'n Proto's stream
         on it; and the fingerprint of the client's certificate, if one is asked for."""
         loop = asyncio.get_running_loop()
-        transport, wire = await loop.connect_accepted_socket(
-            _auth.TransportWire, conn, ssl=self._tls, ssl_handshake_timeout=_auth.AUTH_TIMEOUT
-        )
+        transport, wire = await loop.connect_accepted_socket(_auth.TransportWire, conn, ssl=self._tls)
         try:
             who = _tls.check_client(transport.get_extra_info("ssl_object"), self._client_certs)
             await _auth.authenticate_client(wire, None if self._client_certs else token)
@@ -248,8 +243,7 @@ def _close_quietly(*parts: Any) -> None:
 def _peer_label(conn: socket.socket, peer: Any) -> str:
     if conn.family == socket.AF_UNIX:
         try:
-            creds = conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
-            pid, uid, _gid = struct.unpack("3i", creds)
+            pid, uid = _private.peer_credentials(conn)
             return f"pid {pid} uid {uid}"
         except OSError:
             return "unix"
@@ -259,18 +253,10 @@ def _peer_label(conn: socket.socket, peer: Any) -> str:
 def bind_unix(path: Path, kind: int = socket.SOCK_STREAM) -> socket.socket:
     """A listening unix socket, mode 0600, in a directory no one else can tamper with.
 
-    The default directory must be this user's alone (made 0700 if missing); another one
-    must be a real directory (not a symlink) of this user's or root's, and sticky if
-    others may write in it. A socket already there is taken over only if it is this
+    Its directory is checked as :func:`prepare_dir` says. A socket already there is taken over only if it is this
     user's and nobody answers on it (``ECONNREFUSED``, within a second).
     """
-    parent = path.parent
-    if parent == _address.default_socket_dir():
-        _private.ensure_dir(parent)
-    else:
-        if not os.path.lexists(parent):
-            parent.mkdir(mode=0o700, parents=True)
-        _check_shared_dir(parent)
+    prepare_dir(path.parent)
     if os.path.lexists(path):
         info = path.lstat()
         if not stat.S_ISSOCK(info.st_mode):
@@ -287,6 +273,18 @@ def bind_unix(path: Path, kind: int = socket.SOCK_STREAM) -> socket.socket:
     os.chmod(path, 0o600)
     sock.listen(128)
     return sock
+
+
+def prepare_dir(path: Path) -> None:
+    """A directory the node keeps a socket, its token or its TLS key in: the default one
+    must be this user's alone (made 0700 if missing); another must be a real directory
+    (made 0700 if missing) of this user's or root's, and sticky if others may write in it."""
+    if path == _address.default_socket_dir():
+        _private.ensure_dir(path)
+        return
+    if not os.path.lexists(path):
+        path.mkdir(mode=0o700, parents=True)
+    _check_shared_dir(path)
 
 
 def _check_shared_dir(path: Path) -> None:

@@ -30,6 +30,7 @@ from .errors import AuthenticationFailed, InvalidArgument
 FINGERPRINT_ENV = "LOGOS_P2P_FINGERPRINT"
 CA_ENV = "LOGOS_P2P_TLS_CA"
 PREFIX = "sha256:"
+CERT_NAME, KEY_NAME = "tls-cert.pem", "tls-key.pem"  # a node's self-signed pair, in its state directory
 
 
 def fingerprint(der: bytes) -> str:

@@ -267,10 +267,9 @@ def _info(args: argparse.Namespace) -> int:
     """What a module on another machine needs (peer id, the certificate to pin, where the
     token is), read from the node's files: no running node, no RPC."""
     from . import _address, _auth, _tls
-    from .server._certificate import CERT_NAME
 
     state = args.identity.parent if args.identity else _address.default_socket_dir()
-    cert = args.tls_cert or state / CERT_NAME
+    cert = args.tls_cert or state / _tls.CERT_NAME
     token = args.token_file or _auth.default_token_file()
     out: dict[str, Any] = {}
     try:

@@ -19,10 +19,9 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from .. import _private
+from .._tls import CERT_NAME, KEY_NAME
 
 log = logging.getLogger("logos_p2p.node")
-
-CERT_NAME, KEY_NAME = "tls-cert.pem", "tls-key.pem"
 
 
 def self_signed(directory: Path) -> tuple[Path, Path]:

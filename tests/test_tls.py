@@ -269,3 +269,29 @@ def test_the_self_signed_certificate_is_made_in_a_state_directory_that_did_not_e
     assert oct(state.stat().st_mode & 0o777) == "0o700"
     assert _tls.file_fingerprint(state / "tls-cert.pem") == node.tls_fingerprint
     assert oct((state / "tls-key.pem").stat().st_mode & 0o777) == "0o600"
+
+
+async def test_a_client_that_sends_before_the_exchange_ends_is_refused(tls_node):
+    """A right proof with bytes behind it (RPC sent before the node proved the token back):
+    those bytes would reach Cap'n Proto unchecked, so the node refuses the connection."""
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.check_hostname, ctx.verify_mode = False, ssl.CERT_NONE
+    host, port = host_port(tls_node.rpc)
+    before = await auth_failures(tls_node)
+    tls = trio.SSLStream(await trio.open_tcp_stream(host, port), ctx, server_hostname=None)
+    hello = b""
+    while len(hello) < _auth.HELLO_SIZE:
+        hello += await tls.receive_some(_auth.HELLO_SIZE - len(hello))
+    node_nonce, client_nonce = hello[len(_auth.MAGIC) + 1 :], b"\x01" * _auth.NONCE
+    token = token_of(tls_node).strip().encode()
+    await tls.send_all(client_nonce + _auth.client_proof(token, node_nonce, client_nonce) + b"early capnp bytes")
+    answer = b""
+    with trio.fail_after(_auth.AUTH_TIMEOUT + 2):
+        try:
+            while data := await tls.receive_some(4096):
+                answer += data
+        except trio.BrokenResourceError:
+            pass
+    assert answer == b""  # no proof back, no capability
+    assert await auth_failures(tls_node) == before + 1
+    assert await info_with(tls_node.rpc) == tls_node.peer_id  # and the node serves on

@@ -73,6 +73,8 @@ class Wire(Protocol):
 
     async def recv_exactly(self, size: int) -> bytes: ...
     async def send(self, data: bytes) -> None: ...
+    def early(self) -> bool:
+        """Whether the other end already sent bytes beyond its part of the exchange."""
 
 
 class SocketWire:
@@ -93,6 +95,9 @@ class SocketWire:
 
     async def send(self, data: bytes) -> None:
         await asyncio.get_running_loop().sock_sendall(self.sock, data)
+
+    def early(self) -> bool:
+        return False  # what is in the kernel is Cap'n Proto's (tcp: has no record of it)
 
 
 class TransportWire(asyncio.Protocol):
@@ -142,6 +147,9 @@ class TransportWire(asyncio.Protocol):
             raise ConnectionError("the connection closed during authentication")
         self.transport.write(data)  # a few dozen bytes: the transport's buffer takes them
 
+    def early(self) -> bool:
+        return bool(self.pending)
+
 
 async def authenticate_client(wire: Wire, token: bytes | None) -> None:
     """The node's side: return once the client proved it knows ``token`` (None: the
@@ -153,12 +161,16 @@ async def authenticate_client(wire: Wire, token: bytes | None) -> None:
     node_nonce = secrets.token_bytes(NONCE)
     if token is None:
         await wire.send(MAGIC + bytes([BY_CERTIFICATE]) + node_nonce)
+        if wire.early():  # sent before it had the hello
+            raise AuthenticationFailed("the client sent before the exchange ended")
         return
     await wire.send(MAGIC + bytes([VERSION]) + node_nonce)
     answer = await wire.recv_exactly(2 * NONCE)
     client_nonce, proof = answer[:NONCE], answer[NONCE:]
     if not hmac.compare_digest(proof, client_proof(token, node_nonce, client_nonce)):
         raise AuthenticationFailed("wrong token proof")
+    if wire.early():
+        raise AuthenticationFailed("the client sent before the exchange ended")
     await wire.send(node_proof(token, node_nonce, client_nonce))
 
 
@@ -175,6 +187,8 @@ async def authenticate_to_node(
             if hello[len(MAGIC)] == BY_CERTIFICATE:
                 if not in_tls:
                     raise AuthenticationFailed("the endpoint skips the token outside TLS: refused")
+                if wire.early():
+                    raise AuthenticationFailed("the node sent before the exchange ended")
                 return  # the node admitted this client by its certificate
             if token is None:
                 raise AuthenticationFailed(
@@ -194,6 +208,8 @@ async def authenticate_to_node(
         raise AuthenticationFailed(f"the node refused this client's token ({exc})") from None
     if not hmac.compare_digest(answer, node_proof(token, node_nonce, client_nonce)):
         raise AuthenticationFailed("the node's proof is wrong: it does not know this token")
+    if wire.early():
+        raise AuthenticationFailed("the node sent before the exchange ended")
 
 
 # -- tokens on disk --------------------------------------------------------------------------

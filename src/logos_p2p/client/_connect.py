@@ -104,8 +104,6 @@ async def _open_tls(sock: socket.socket, ctx: ssl.SSLContext, host: str, trust: 
     try:
         _tls.check_node(transport.get_extra_info("ssl_object"), trust.pin)
         await _auth.authenticate_to_node(wire, trust.token, timeout, in_tls=True)
-        if wire.pending:
-            raise AuthenticationFailed("the node sent before the exchange ended")
         return _kj.stream_on(transport)
     except BaseException:
         transport.abort()

@@ -167,8 +167,6 @@ class Endpoint:
         try:
             who = _tls.check_client(transport.get_extra_info("ssl_object"), self._client_certs)
             await _auth.authenticate_client(wire, None if self._client_certs else token)
-            if wire.pending:
-                raise AuthenticationFailed("the client sent before the exchange ended")
             return _kj.stream_on(transport), who
         except BaseException:
             transport.abort()

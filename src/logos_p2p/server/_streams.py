@@ -40,6 +40,14 @@ if TYPE_CHECKING:
 log = logging.getLogger("logos_p2p.node")
 
 
+def _check_open(peer: str, protocols: list[str], addrs: list[str]) -> tuple[str, ...]:
+    """The protocol ids of an open request, checked with its peer id and addresses
+    (InvalidArgument first: a bad request is no reason to count a refusal)."""
+    ids = validate_open(peer, protocols, addrs)
+    _libp2p.peer_id_of(peer)
+    return ids
+
+
 class _Side(Protocol):
     bridge: Bridge
 
@@ -234,7 +242,11 @@ class StreamService:
     ) -> S:
         """:meth:`open` for a request made in asyncio (an RPC): counted among the module's
         opens in progress (LimitExceeded), the bridge given its module side by ``make_side``
-        and started. A stream opened for a caller that gave up meanwhile is reset."""
+        and started. A stream opened for a caller that gave up meanwhile is reset.
+
+        The request is checked before it is counted (InvalidArgument before LimitExceeded,
+        as before the open moved here); :meth:`open` checks it again, a few string tests."""
+        _check_open(peer, protocols, addrs)
         grant = self.begin(session, OPENS)
 
         async def opened() -> S:
@@ -260,8 +272,7 @@ class StreamService:
 
         The module's end or the node's shutdown cancels it: NodeShutdown.
         """
-        ids = validate_open(peer, protocols, addrs)
-        _libp2p.peer_id_of(peer)  # InvalidArgument first: a bad id is no reason to count a refusal
+        ids = _check_open(peer, protocols, addrs)
         if self.shutting_down or session.closed:
             raise NodeShutdown()
         slot = self.rm.stream("outbound", peer, self.rm.module(session.id))

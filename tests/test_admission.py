@@ -385,6 +385,7 @@ async def test_dials_and_waits_in_progress_are_bounded_for_all_modules_together(
     node = node_factory("--max-dials", "3", "--max-polls", "5")
     a, b = await modules(node, name="a"), await modules(node, name="b")  # each holds one waitShutdown
     await a.call("set_hold", 10)
+    await b.call("set_hold", 3)  # its refusals must come back within its hold, on a loaded machine too
     first = a.start("many_calls", "dial", 2, f"{blackhole}/p2p/{stranger()}", 30)
 
     async def two_dialing() -> bool:

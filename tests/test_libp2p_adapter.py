@@ -303,3 +303,28 @@ def test_the_gate_hooks_wrap_py_libp2p_once_however_many_nodes_run():
         _libp2p.YamuxStream._apply_autotune_epoch,
     )
     assert [depth(fn) for fn in hooked] == [1, 1, 1, 1, 1]
+
+
+async def test_a_reset_reaches_a_watcher_whose_wake_up_event_a_reader_replaced():
+    """Fix 8: yamux's read replaces the stream's wake-up event after waking; a watcher
+    waiting on the old one (wait_ended) still sees the reset that comes next."""
+    async with open_peer("yamux") as a, open_peer("yamux") as b:
+        incoming = b.serve(PROTO)
+        ours = await a.open(b.addr, [PROTO])
+        with trio.fail_after(5):
+            theirs = await incoming.receive()
+        muxed = ours.muxed_stream
+        ended = trio.Event()
+
+        async def watch() -> None:
+            await _libp2p.wait_ended(ours)
+            ended.set()
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(watch)
+            await trio.testing.wait_all_tasks_blocked()
+            muxed.conn.stream_events[muxed.stream_id] = trio.Event()  # as YamuxStream.read does
+            await theirs.reset()
+            with trio.fail_after(5):
+                await ended.wait()
+        assert muxed.reset_received

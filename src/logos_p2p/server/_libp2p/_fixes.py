@@ -1,7 +1,7 @@
 """py-libp2p 0.8.1's gaps the node closes by patching it (see the package docstring for
 each): mplex full duplex and resets marked first (2, 1), shielded secure-channel writes
-(5), readers woken when yamux drops their stream (4), no window update for a finished
-stream (6). :func:`install_fixes` installs them, once, process-wide."""
+(5), readers woken when yamux drops their stream (4) or renews their event (8), no
+window update for a finished stream (6). :func:`install_fixes` installs them, once, process-wide."""
 
 from __future__ import annotations
 
@@ -77,6 +77,13 @@ def install_fixes() -> None:
             stream.event_reset.set()  # before the original wakes the reader
         await original_handle_reset(self, stream_id)
 
+    original_yamux_init = Yamux.__init__
+
+    def yamux_init(self: Yamux, *args: Any, **kwargs: Any) -> None:
+        original_yamux_init(self, *args, **kwargs)
+        self.stream_events = _WakingEvents(self.stream_events)
+
+    Yamux.__init__ = yamux_init  # type: ignore[method-assign]
     MplexStream.__init__ = init  # type: ignore[method-assign]
     Mplex._handle_reset = handle_reset  # type: ignore[method-assign]
     SecureSession.write = _whole_write(SecureSession.write)  # type: ignore[method-assign]
@@ -98,12 +105,25 @@ def _whole_write(original: Any) -> Any:
             with trio.move_on_after(WRITE_STALL) as stall:
                 await original(self, data)
             if stall.cancelled_caught:
+                self._logos_broken = True  # type: ignore[attr-defined]  # a failed connection (_peers)
                 with contextlib.suppress(Exception):
                     await self.close()
                 raise OSError(f"a secure-channel write stalled for {WRITE_STALL:g}s; connection closed")
         await trio.lowlevel.checkpoint_if_cancelled()
 
     return write
+
+
+class _WakingEvents(dict[int, trio.Event]):
+    """Fix 8: a yamux connection's wake-up events; replacing one sets it first."""
+
+    __slots__ = ()
+
+    def __setitem__(self, sid: int, event: trio.Event) -> None:
+        old = self.get(sid)
+        super().__setitem__(sid, event)
+        if old is not None and old is not event:
+            old.set()
 
 
 def _waking_its_reader(original: Any) -> Any:

@@ -59,8 +59,10 @@ struct PeerInfo {
 }
 
 enum Direction {
-  inbound @0;                 # opened by the remote peer, delivered to a Handler
-  outbound @1;                # opened by a module through Node.openStream
+  # Of a stream: inbound = opened by the remote peer, delivered to a Handler;
+  # outbound = opened by a module through Node.openStream. Of a connection: who dialed.
+  inbound @0;
+  outbound @1;
 }
 
 struct StreamInfo {
@@ -146,6 +148,7 @@ struct Status {
   limits @8 :List(ScopeUse);  # the node-wide, transient, module and protocol scopes, and the busiest peers
   refusals @9 :List(Refusals);
   reservations @10 :UInt32;   # grants and memory accounts held (0 when the node is idle)
+  subscriptions @11 :UInt32;  # peer event subscriptions, all modules
 }
 
 interface Node {
@@ -182,6 +185,88 @@ interface Node {
   # Offers this connection a local data channel (see below): connect a
   # SOCK_SEQPACKET unix socket to `path` and send `token` in a `hello` within
   # 10 s. Only nodes whose RPC endpoint is a unix socket offer one.
+
+  subscribePeerEvents @10 (subscriber :PeerEvents, queueSize :UInt32) -> (subscription :Subscription);
+  # Pushes peer events to `subscriber`, in order, from now on (call `peers` after
+  # subscribing for the peers already connected). `queueSize` (1..4096, 0 = 256)
+  # bounds the events the node holds for a subscriber that has not answered: when
+  # it is full the node drops them all and sends one `overflowed` event, then goes on.
+  # Dropping the Subscription (or cancelling it) unsubscribes; so does a failing
+  # `PeerEvents.event` call.
+
+  request @11 (peerId :Text, protocols :List(Text), addrs :List(Text), data :Data,
+               timeoutMs :UInt32, maxSize :UInt32, closeWrite :Bool = true)
+      -> (reply :Data, protocol :Text);
+  # One request, one reply, in one call: opens a stream (as openStream), writes `data`
+  # as one length-prefixed frame (as writeLp), half-closes unless `closeWrite` is
+  # false, reads one length-prefixed frame of at most `maxSize` bytes (0 = 1 MiB;
+  # at most 16 MiB) as the reply, and closes the stream. `timeoutMs` (0 = the node's
+  # open timeout) bounds the whole exchange; on any failure the stream is reset.
+  # Errors: the markers of openStream, then timeout, stream-reset:<cause>,
+  # frame-too-large, end-of-stream (the peer ended the stream before a whole reply).
+
+  serve @12 (protocols :List(Text), responder :Responder, options :ServeOptions)
+      -> (registration :Registration, id :UInt64);
+  # Mounts the protocol ids (as register) for one request per stream: the node reads
+  # one length-prefixed frame from the peer, calls `responder.respond`, writes the
+  # reply as one length-prefixed frame and closes the stream. It does not wait for
+  # the peer's half-close before it calls. The stream is reset instead (and the
+  # responder's other streams go on) when the responder fails, the request is larger
+  # than `maxSize`, the peer ends the stream before a whole frame, or `timeoutMs`
+  # passes.
+}
+
+struct ServeOptions {
+  share @0 :Bool = false;     # as RegisterOptions.share
+  maxSize @1 :UInt32 = 0;     # largest request accepted; 0 = 1 MiB; at most 16 MiB
+  timeoutMs @2 :UInt32 = 0;   # the whole exchange, from the stream's arrival; 0 = 30 s
+}
+
+interface Responder {
+  # Implemented by the module, for Node.serve.
+  respond @0 (request :Data, info :StreamInfo) -> (reply :Data);
+  # The reply to one request (at most 16 MiB). Raising resets that stream.
+}
+
+enum DisconnectReason {
+  closedByUs @0;              # this node closed it (disconnectPeer, a limit, shutdown)
+  closedByPeer @1;            # the peer closed it cleanly
+  error @2;                   # the connection failed (reset, broken framing, a write that stalled)
+}
+
+struct PeerConnected {
+  remoteAddr @0 :Text;        # multiaddr of the connection's remote end
+  direction @1 :Direction;    # inbound: the peer dialed us; outbound: we dialed it
+}
+
+struct PeerIdentity {
+  protocols @0 :List(Text);   # what the peer says it speaks
+  agentVersion @1 :Text;
+  protocolVersion @2 :Text;
+  listenAddrs @3 :List(Text);
+}
+
+struct PeerEvent {
+  # Events are per peer, not per connection: `connected` when the node has its first
+  # connection to the peer, `disconnected` when its last one closes.
+  peerId @0 :Text;            # "" for overflowed
+  union {
+    connected @1 :PeerConnected;
+    disconnected @2 :DisconnectReason;
+    identified @3 :PeerIdentity;   # identify with the peer completed
+    overflowed @4 :Void;      # events were dropped: resynchronise with Node.peers()
+  }
+}
+
+interface PeerEvents {
+  # Implemented by the module.
+  event @0 (event :PeerEvent) -> ();
+  # Answer once the event is taken; the node sends the next ones meanwhile, up to a
+  # small window, and queues the rest (see subscribePeerEvents).
+}
+
+interface Subscription {
+  cancel @0 () -> ();
 }
 
 interface Registration {

@@ -21,6 +21,7 @@ MAX_DIAL_ADDRS: Final = 64  # addresses one open request may ask the node to dia
 MAX_ADDR: Final = 1024  # bytes of one multiaddr
 MAX_PEER_ID: Final = 128  # bytes of a peer id (base58 of a multihash: 46-52 in practice)
 MAX_CHANNEL_MESSAGE: Final = 64 * 1024  # the largest data channel message the node accepts
+MAX_PEER_EVENT_QUEUE: Final = 4096  # peer events the node holds for one subscriber
 MAX_TIMEOUT_MS: Final = 24 * 3600 * 1000  # a timeout travels in milliseconds; 0 = the node's default
 
 

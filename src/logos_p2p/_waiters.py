@@ -23,9 +23,15 @@ class AioWaiters:
                 if not fut.done():
                     fut.set_result(None)
 
-    async def wait(self) -> None:
+    def future(self) -> asyncio.Future[None]:
+        """A future the next :meth:`notify` completes, registered now (for asyncio.wait
+        beside other things; cancel it when done with it)."""
         fut = asyncio.get_running_loop().create_future()
         self._futures.append(fut)
+        return fut
+
+    async def wait(self) -> None:
+        fut = self.future()
         try:
             await fut
         finally:

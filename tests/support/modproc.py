@@ -125,6 +125,10 @@ class ModuleProcess:
     def signal(self, name: str, value: Any = None) -> None:
         self._send(("signal", name, value))
 
+    def events_named(self, name: str) -> list[Any]:
+        """The events called ``name`` that came and were not consumed yet."""
+        return list(self._events[name])
+
     async def event(self, name: str, timeout: float = 10) -> Any:
         """The next unconsumed event called ``name``."""
         with trio.fail_after(timeout):

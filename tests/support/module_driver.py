@@ -28,6 +28,7 @@ class Context:
         self.streams: dict[str, Any] = {}
         self.registrations: dict[str, Any] = {}
         self.raise_on_release: dict[str, bool] = {}
+        self.tasks: dict[str, asyncio.Task[Any]] = {}  # scenario tasks that outlive their call
         self._out = out
         self._signals: dict[str, asyncio.Future[Any]] = {}
 

@@ -709,3 +709,109 @@ async def write_expect_error(ctx: Any, key: str, size: int) -> str:
 
 async def set_hold(ctx: Any, seconds: float) -> None:
     ctx.hold = seconds
+
+
+# -- request/response and peer events --------------------------------------------------------
+
+
+async def serve(
+    ctx: Any, key: str, protocols: list[str], max_size: int = 1 << 20, timeout: float | None = None
+) -> list[str]:
+    """Serve requests: b"boom" raises (sync path), b"hang" never answers, b"big:N" answers
+    N bytes, anything else is answered b"re:" + request (async path); each request is
+    announced as event "request" (its bytes and who sent it)."""
+
+    def boom() -> bytes:
+        raise RuntimeError("the responder failed on purpose")
+
+    async def answer(request: bytes, info: Any) -> bytes:
+        ctx.emit("request", {"data": request, "peer": info.remote_peer_id, "protocol": info.protocol})
+        if request == b"hang":
+            await asyncio.Event().wait()
+        if request.startswith(b"big:"):
+            return pattern(int(request[4:]))
+        return b"re:" + request
+
+    def respond(request: bytes, info: Any) -> Any:
+        if request == b"boom":
+            ctx.emit("request", {"data": request, "peer": info.remote_peer_id, "protocol": info.protocol})
+            return boom()
+        return answer(request, info)
+
+    reg = await ctx.node.serve(protocols, respond, max_size=max_size, timeout=timeout)
+    ctx.registrations[key] = reg
+    return list(reg.protocols)
+
+
+async def request(ctx: Any, peer_id: str, protocols: list[str], data: bytes, options: Any = None) -> bytes:
+    reply: bytes = await ctx.node.request(peer_id, protocols, data, **(options or {}))
+    return reply
+
+
+async def requests(ctx: Any, peer_id: str, protocols: list[str], n: int, concurrency: int) -> list[bytes]:
+    """``n`` requests, ``concurrency`` at a time; the replies in order."""
+    gate = asyncio.Semaphore(concurrency)
+
+    async def one(i: int) -> bytes:
+        async with gate:
+            reply: bytes = await ctx.node.request(peer_id, protocols, b"%d" % i)
+            return reply
+
+    return list(await asyncio.gather(*(one(i) for i in range(n))))
+
+
+def _event_dict(event: Any) -> dict[str, Any]:
+    out = {"kind": type(event).__name__}
+    out.update(vars(event))
+    return out
+
+
+async def subscribe(ctx: Any, key: str, queue_size: int = 256) -> None:
+    """Subscribe to peer events; each one is announced as event "peer:<key>"."""
+    events = ctx.node.peer_events(queue_size)
+    await events.start()
+    ctx.streams[key] = events
+
+    async def forward() -> None:
+        async for event in events:
+            ctx.emit(f"peer:{key}", _event_dict(event))
+
+    ctx.tasks[key] = asyncio.ensure_future(forward())
+
+
+async def subscribe_idle(ctx: Any, key: str, queue_size: int) -> None:
+    """Subscribe and take no event until ``drain_events`` is called."""
+    events = ctx.node.peer_events(queue_size)
+    await events.start()
+    ctx.streams[key] = events
+
+
+async def drain_events(
+    ctx: Any, key: str, until_kind: str, count: int, peer_id: str | None = None
+) -> list[dict[str, Any]]:
+    """Events of an idle subscription until ``count`` events of ``until_kind`` (about
+    ``peer_id``, if given) came."""
+    events = ctx.streams[key]
+    out: list[dict[str, Any]] = []
+    seen = 0
+    while seen < count:
+        event = _event_dict(await events.get(timeout=10))
+        out.append(event)
+        seen += event["kind"] == until_kind and peer_id in (None, event.get("peer_id"))
+    return out
+
+
+async def unsubscribe(ctx: Any, key: str, how: str) -> None:
+    """End a subscription: "close" (aclose) or "drop" (let go of it, collected)."""
+    events = ctx.streams.pop(key)
+    task = ctx.tasks.pop(key, None)
+    if task is not None:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        del task  # its CancelledError's traceback holds the events too
+    if how == "close":
+        await events.aclose()
+    else:
+        del events
+        gc.collect()

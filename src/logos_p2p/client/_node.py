@@ -11,15 +11,20 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Sequ
 from dataclasses import dataclass
 from functools import partial
 from types import SimpleNamespace
-from typing import Any, TypedDict, TypeVar, Unpack
+from typing import Any, TypeVar, Unpack
 
 from .. import _schema
 from .._requests import timeout_to_ms, validate_open, validate_protocol_ids
-from ..errors import Cause, InvalidArgument, LogosP2PError, NodeShutdown, NodeUnavailable, StreamError, Timeout
+from ..errors import Cause, LogosP2PError, NodeShutdown, NodeUnavailable, StreamError
+from . import _unary
+from ._args import DEFAULT_OPEN_TIMEOUT, _answered, _texts
 from ._capability import CapabilityTransport
 from ._channel import Channel
+from ._events import PeerEvents
+from ._registration import RegisterOptions, Registration, _HandlerImpl
 from ._stream import Stream, _Core
 from ._translate import translate
+from ._unary import RequestInfo as RequestInfo
 
 log = logging.getLogger("logos_p2p.client")
 schema = _schema.load()
@@ -27,7 +32,7 @@ schema = _schema.load()
 Handler = Callable[[Stream], Awaitable[None]]
 T = TypeVar("T")
 
-DEFAULT_OPEN_TIMEOUT = 30.0
+DEFAULT_MAX_MESSAGE = 1024 * 1024  # request and reply size bound, as the node's default
 RPC_TRAVERSAL_LIMIT_WORDS = 8 * 1024 * 1024
 
 
@@ -42,77 +47,6 @@ class NodeInfo:
 class PeerInfo:
     peer_id: str
     addrs: list[str]
-
-
-def _texts(values: Sequence[str] | None, what: str) -> list[str]:
-    """A list of strings that can travel as Cap'n Proto Text (UTF-8), or InvalidArgument."""
-    if isinstance(values, (str, bytes)):
-        raise InvalidArgument(f"{what} must be a list, not a single {type(values).__name__}")
-    out = list(values or ())
-    for value in out:
-        if not isinstance(value, str):
-            raise InvalidArgument(f"{what} must be strings, not {type(value).__name__}")
-        try:
-            value.encode()
-        except UnicodeEncodeError:
-            raise InvalidArgument(f"{what} must be valid UTF-8: {value!r}") from None
-    return out
-
-
-OPEN_ANSWER_GRACE = 5.0  # beyond an open's own timeout, how long the node may take to answer
-
-
-async def _answered(opening: Awaitable[T], timeout: float) -> T:
-    """The node's answer to an open; Timeout if it does not come soon after ``timeout``."""
-    try:
-        return await asyncio.wait_for(opening, timeout + OPEN_ANSWER_GRACE)
-    except TimeoutError:
-        raise Timeout(f"the node did not answer an open within {timeout + OPEN_ANSWER_GRACE:g}s") from None
-
-
-class Registration:
-    """Protocol ids mounted on the node for this module, served by one handler."""
-
-    def __init__(self, node: Node, cap: Any, protocols: tuple[str, ...], reg_id: int = 0) -> None:
-        self._node = node
-        self._cap: Any = cap
-        self.protocols = protocols
-        self.id = reg_id
-
-    def __repr__(self) -> str:
-        return f"<Registration {list(self.protocols)}{'' if self._cap else ' (unregistered)'}>"
-
-    async def unregister(self) -> None:
-        """Unmount the protocol ids (idempotent). Streams already open keep working."""
-        cap, self._cap = self._cap, None
-        if cap is None:
-            return
-        self._node._registrations.discard(self)
-        if self._node._channel is not None:
-            self._node._channel.handlers.pop(self.id, None)
-        with translate(self._node._is_shutting_down):
-            await cap.unregister()
-
-
-class _HandlerImpl(schema.Handler.Server):  # type: ignore[name-defined,misc]
-    def __init__(self, node: Node, fn: Handler) -> None:
-        self._node = weakref.ref(node)
-        self._fn = fn
-
-    async def handle(self, stream: Any, info: Any, **_: Any) -> Any:
-        node = self._node()
-        if node is None or node._closed:
-            raise RuntimeError("the module is closing")
-        s = node._adopt(stream, info)
-        node._spawn_handler(self._fn, s)
-        return s.sink
-
-
-class RegisterOptions(TypedDict, total=False):
-    """The keyword options of :meth:`Node.register`."""
-
-    share: bool
-    accept_timeout: float | None
 
 
 class Node:
@@ -279,6 +213,72 @@ class Node:
             if not self._closed:
                 with contextlib.suppress(NodeUnavailable):
                     await registration.unregister()
+
+    async def serve(
+        self,
+        protocols: Sequence[str],
+        fn: Callable[[bytes, RequestInfo], bytes | Awaitable[bytes]],
+        *,
+        max_size: int = DEFAULT_MAX_MESSAGE,
+        timeout: float | None = None,
+        share: bool = False,
+    ) -> Registration:
+        """Answer one request per stream: ``fn(request, info) -> reply`` (sync or async).
+
+        The node reads one length-prefixed frame of at most ``max_size`` bytes, calls
+        ``fn``, writes its reply as one frame and closes the stream (nim-libp2p's
+        ``readLp``/``writeLp`` framing). A raising ``fn`` resets that stream only. The
+        whole exchange must finish within ``timeout`` (None: the node's 30 s). A sync
+        ``fn`` runs on the event loop: keep it short. Keep the Registration, as for
+        :meth:`register`.
+        """
+        self._check_open()
+        protos = validate_protocol_ids(_texts(protocols, "protocols"))
+        with translate(self._is_shutting_down):
+            answer = await _unary.serve(self._cap, protos, fn, max_size, timeout, share)
+        registration = Registration(self, answer.registration, protos, answer.id)
+        self._registrations.add(registration)
+        return registration
+
+    async def request(
+        self,
+        peer_id: str,
+        protocols: Sequence[str],
+        data: bytes | bytearray | memoryview,
+        *,
+        addrs: Sequence[str] | None = None,
+        timeout: float = DEFAULT_OPEN_TIMEOUT,
+        max_size: int = DEFAULT_MAX_MESSAGE,
+        close_write: bool = True,
+    ) -> bytes:
+        """Send one request and return the reply, in one call to the node.
+
+        Opens a stream to ``peer_id`` (dialing ``addrs`` if needed), writes ``data`` as
+        one length-prefixed frame, half-closes (unless ``close_write`` is False: some
+        peers, p2pd's stream pipe among them, end the stream at a half-close), reads one
+        frame of at most ``max_size`` bytes and closes. ``timeout`` bounds it all.
+
+        :raises PeerUnreachable, ProtocolNotSupported, NegotiationFailed: as :meth:`open_stream`.
+        :raises Timeout: no whole reply within ``timeout``.
+        :raises StreamReset: the peer reset the stream (``cause`` says more).
+        :raises FrameTooLarge: the reply is longer than ``max_size``.
+        :raises EndOfStream: the peer ended the stream before a whole reply.
+        """
+        self._check_open()
+        with translate(self._is_shutting_down):
+            return await _unary.request(self._cap, peer_id, protocols, data, addrs, timeout, max_size, close_write)
+
+    def peer_events(self, queue_size: int = 256) -> PeerEvents:
+        """The node's peer events, typed (:class:`PeerConnected`, :class:`PeerIdentified`,
+        :class:`PeerDisconnected`, :class:`PeerEventsOverflowed`), in order.
+
+        ``queue_size`` events wait in the node for a module that does not keep up; then
+        they are dropped for one ``PeerEventsOverflowed``. Subscribed on ``async with``
+        or at the first iteration; call :meth:`peers` after that for the peers already
+        connected.
+        """
+        self._check_open()
+        return PeerEvents(self._cap, queue_size, self._is_shutting_down, self.disconnected.wait)
 
     async def open_stream(
         self,

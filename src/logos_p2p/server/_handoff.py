@@ -70,6 +70,10 @@ class Wakeup:
     async def wait_aio(self) -> None:
         await self._aio.wait()
 
+    def future_aio(self) -> asyncio.Future[None]:
+        """Completed by the next :meth:`notify` (registered now; cancel it when done)."""
+        return self._aio.future()
+
 
 class Loops:
     """Both loops of the node, usable from either side."""

@@ -29,6 +29,7 @@ from ._channel_listener import ChannelListener
 from ._config import NodeConfig
 from ._endpoint import Endpoint
 from ._handoff import Calls, Loops, open_loops
+from ._peer_events import PeerEvents
 from ._resources import ResourceLimits, ResourceManager, derive_limits, descriptor_limit, open_descriptors
 from ._rpc import NodeImpl
 from ._session import ModuleSession
@@ -53,6 +54,7 @@ class NodeService:
         self._identify_pushing = False
         self.loops: Loops
         self.streams: StreamService
+        self.peer_events: PeerEvents
         self.endpoint: Endpoint
         config.resources.check()
         self.rm = ResourceManager(derive_limits(config.resources, descriptor_limit(), open_descriptors()))
@@ -68,6 +70,8 @@ class NodeService:
         async with open_loops() as loops:
             self.loops = loops
             self.streams = StreamService(self.host, self.rm, loops, self.config, self._protocols_changed)
+            self.peer_events = PeerEvents(loops)
+            self.peer_events.watch_host(self.host)
             self.endpoint = Endpoint(
                 self.config, self.streams, lambda session: NodeImpl(self, session), loops.spawn_aio
             )
@@ -114,6 +118,7 @@ class NodeService:
             return
         self.shutting_down = self.streams.shutting_down = True
         self.calls.close()
+        self.peer_events.closing()
         log.info("shutting down")
         with trio.move_on_after(self.config.shutdown_grace) as grace:
             await self.loops.to_aio(self._close_listeners)
@@ -166,6 +171,7 @@ class NodeService:
             "peerId": self.peer_id,
             **self.streams.status(),
             "tasks": self.tasks,
+            "subscriptions": len(self.peer_events.subscribers),
             "authFailures": self.endpoint.auth_failures,
             **self.rm.status(),
         }

@@ -24,9 +24,11 @@ from ._bridge import Bridge
 from ._capability_bridge import CapabilitySide
 from ._config import NodeConfig
 from ._handoff import Calls, Loops
+from ._peer_events import PeerEvents, SubscriptionImpl
 from ._resources import POLLS
 from ._session import Deliver, ModuleSession, Registration
 from ._streams import StreamService
+from ._unary import DEFAULT_SERVE_TIMEOUT, Serving, max_size_from, request
 
 if TYPE_CHECKING:
     pass
@@ -42,6 +44,7 @@ class Control(Protocol):
     loops: Loops
     calls: Calls
     streams: StreamService
+    peer_events: PeerEvents
     shutdown_started: asyncio.Event
 
     def info(self) -> dict[str, Any]: ...
@@ -129,6 +132,48 @@ class NodeImpl(schema.Node.Server):  # type: ignore[name-defined,misc]
     async def dataChannel(self, **_: Any) -> Any:
         with remote_errors():
             return self._node.offer_channel(self._session)
+
+    async def subscribePeerEvents(self, subscriber: Any, queueSize: int, _context: Any, **_: Any) -> Any:
+        with remote_errors():
+            if not _context.params._has("subscriber"):
+                raise InvalidArgument("subscribePeerEvents needs a subscriber")
+            sub = self._node.peer_events.subscribe(self._session, subscriber, queueSize)
+            return SubscriptionImpl(self._node.loops, sub)
+
+    async def request(
+        self,
+        peerId: str,
+        protocols: Any,
+        addrs: Any,
+        data: bytes,
+        timeoutMs: int,
+        maxSize: int,
+        closeWrite: bool,
+        **_: Any,
+    ) -> Any:
+        with remote_errors():
+            timeout = timeout_from_ms(timeoutMs, self._node.config.open_timeout)
+            max_size = max_size_from(maxSize, self._node.config.limits.max_frame)
+            exchange = request(
+                self._streams, self._session, peerId, list(protocols), list(addrs), bytes(data),
+                timeout, max_size, closeWrite,
+            )  # fmt: skip
+            return await self._node.calls.run(exchange)
+
+    async def serve(self, protocols: Any, responder: Any, options: Any, _context: Any, **_: Any) -> Any:
+        with remote_errors():
+            if not _context.params._has("responder"):
+                raise InvalidArgument("serve needs a responder")
+            limits = self._node.config.limits
+            serving = Serving(
+                self._streams,
+                self._node.loops,
+                responder,
+                max_size_from(options.maxSize, limits.max_frame),
+                timeout_from_ms(options.timeoutMs, DEFAULT_SERVE_TIMEOUT),
+            )
+            reg = self._streams.register(self._session, list(protocols), serving.deliver, share=options.share)
+            return RegistrationImpl(self._node, reg), reg.id
 
     async def setModuleName(self, moduleName: str, **_: Any) -> None:
         with remote_errors():

@@ -73,7 +73,17 @@ py-libp2p 0.8.1 gaps closed here (each one small and documented):
    dozens of frames for a stream the peer has dropped. :func:`write` hands
    mplex one frame at a time and stops at the reset.
 
-Upstream: 1, 2, 4, 5, 6 and 7 are py-libp2p bugs worth reporting with these
+8. **Two waiters on one yamux stream lose each other's wake-ups.** yamux keeps one
+   ``trio.Event`` per stream; its ``read`` waits on it and then *replaces* it
+   with a fresh one. Anything else that waits on the stream (the node's
+   :func:`wait_ended`, watching for a reset while a request/response stream
+   waits for its module) must renew it the same way, so one of the two can end
+   up waiting on an event nobody will set again: a reset that came right
+   behind the peer's FIN went unseen until the exchange's timeout.
+   :func:`install_fixes` gives each yamux connection a table that sets the
+   event it replaces; a waiter woken that way re-checks and waits on the new one.
+
+Upstream: 1, 2, 4, 5, 6, 7 and 8 are py-libp2p bugs worth reporting with these
 descriptions; 3 is by design there ("yamux has no deadlines").
 """
 
@@ -113,3 +123,8 @@ from ._io import take as take
 from ._io import wait_ended as wait_ended
 from ._io import wait_more as wait_more
 from ._io import write as write
+from ._peers import Connected as Connected
+from ._peers import Disconnected as Disconnected
+from ._peers import Identified as Identified
+from ._peers import PeerEvent as PeerEvent
+from ._peers import PeerWatch as PeerWatch

@@ -230,8 +230,9 @@ interface Responder {
 
 enum DisconnectReason {
   closedByUs @0;              # this node closed it (disconnectPeer, a limit, shutdown)
-  closedByPeer @1;            # the peer closed it cleanly
-  error @2;                   # the connection failed (reset, broken framing, a write that stalled)
+  closedByPeer @1;            # the peer closed it (a TCP FIN, or a RST: go-libp2p hangs up with one)
+  error @2;                   # the connection failed (undecryptable or truncated data, a timeout,
+                              # a write that stalled)
 }
 
 struct PeerConnected {

@@ -329,3 +329,56 @@ async def test_a_go_peer_never_outlives_its_driver(nursery):
     with trio.fail_after(5):
         while not gone():  # noqa: ASYNC110 - another process's life
             await trio.sleep(0.02)
+
+
+# -- request/response and peer events (one data path: both travel over RPC) -------------------------
+
+RR = "/whois/1.0.0"
+one_path = pytest.mark.parametrize("data_path", ["push"], indirect=True)
+
+
+@one_path
+async def test_a_peer_asks_a_module_and_reads_the_reply_in_its_own_framing(mux_node, remote, modules, data_path):
+    module = await modules(mux_node)
+    await module.call("serve", "s", [RR])
+    await remote.call("open", key="q", addr=mux_node.addr, protocols=[RR])
+    assert await remote.write_lp("q", [b"who are you?"]) > 0
+    if remote.kind == "js":
+        await remote.call("closeWrite", key="q")  # p2pd would close the whole stream here
+    assert await remote.read_lp("q", 1) == [b"re:who are you?"]
+    assert await remote.read_all("q") == b""  # the module's side closed it after the reply
+    event = await module.event("request")
+    assert event == {"data": b"who are you?", "peer": remote.peer_id, "protocol": RR}
+    await nothing_left(mux_node)
+
+
+@one_path
+async def test_a_module_asks_a_peer_that_answers_in_its_own_framing(mux_node, remote, modules, data_path):
+    module = await modules(mux_node)
+    await remote.call("handle", protocol=RR)
+    options = {"addrs": [remote.addr], "close_write": remote.kind == "js"}  # p2pd: see request()
+    pending = module.start("request", remote.peer_id, [RR], b"whois?", options)
+    event = await remote.event("stream")
+    assert await remote.read_lp(event["key"], 1) == [b"whois?"]
+    await remote.write_lp(event["key"], [b"a " + remote.kind.encode() + b" peer"])
+    await remote.call("closeWrite", key=event["key"])
+    assert await pending.result(20) == b"a " + remote.kind.encode() + b" peer"
+    await nothing_left(mux_node)
+
+
+@one_path
+async def test_peer_events_for_a_real_peer(mux_node, remote, modules, data_path):
+    module = await modules(mux_node)
+    await module.call("subscribe", "e")
+    await remote.call("open", key="x", addr=mux_node.addr, protocols=["/ipfs/ping/1.0.0"])
+    connected = await module.event("peer:e")
+    assert connected["kind"] == "PeerConnected" and connected["peer_id"] == remote.peer_id
+    assert connected["direction"] == "inbound"
+    identified = await module.event("peer:e")
+    assert identified["kind"] == "PeerIdentified" and identified["peer_id"] == remote.peer_id
+    agent = {"js": "js-libp2p/", "go": "p2pd/"}[remote.kind]
+    assert identified["agent_version"].startswith(agent), identified
+    assert "/ipfs/id/1.0.0" in identified["protocols"]
+    await remote.call("hangUp", peerId=mux_node.peer_id)
+    gone = await module.event("peer:e")
+    assert (gone["kind"], gone["peer_id"], gone["reason"]) == ("PeerDisconnected", remote.peer_id, "closedByPeer")

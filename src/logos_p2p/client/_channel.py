@@ -206,4 +206,5 @@ class Channel:
             if not fut.done():
                 fut.set_exception(error or NodeShutdown("the data channel closed"))
         self._opens.clear()
-        self.on_close()
+        on_close, self.on_close = self.on_close, lambda: None  # lets go of the Node (a cycle otherwise)
+        on_close()

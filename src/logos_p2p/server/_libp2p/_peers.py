@@ -8,9 +8,10 @@ does not keep are recorded by small wrappers (installed once, process-wide):
   ends; when it is called while the muxer is still running, something in this process
   decided to close it (a ``disconnectPeer``, a limit, shutdown): closed by us. When the
   muxer stopped first, the peer closed it, or it failed.
-* **whether it failed.** A secure-channel read that raises anything but the clean end
-  of the TCP stream marks its connection broken (a reset, a decryption failure, a
-  truncated message), as does a write that stalled (fix 5 closes those).
+* **whether it failed.** A secure-channel read that raises anything but the peer's end
+  of the TCP stream (a FIN, or a RST: go-libp2p hangs up with one) marks its connection
+  broken (a decryption failure, a truncated message, a timeout), as does a write that
+  stalled (fix 5 closes those).
 
 Identify results come from ``update_peerstore_from_identify``, which py-libp2p calls
 for identify and identify/push alike; the node wraps the name in the modules that call
@@ -79,16 +80,19 @@ _watchers: weakref.WeakKeyDictionary[Any, PeerWatch] = weakref.WeakKeyDictionary
 
 
 def _clean_end(exc: BaseException) -> bool:
-    """Whether a secure-channel read failed only because the TCP stream ended cleanly."""
+    """Whether a secure-channel read failed only because the peer ended the TCP stream:
+    a FIN, or a RST (go-libp2p closes every connection with linger 0, so a RST is its
+    normal hang-up). A truncated or undecryptable message, a timeout, anything else is
+    a failure."""
     chain: BaseException | None = exc
     while chain is not None:
         if isinstance(chain, IncompleteReadError):
             return chain.is_clean_close
-        if isinstance(chain, OSError) and chain.errno in (errno.ECONNRESET, errno.EPIPE, errno.ETIMEDOUT):
-            return False
+        if isinstance(chain, OSError) and chain.errno is not None:
+            return chain.errno == errno.ECONNRESET
         chain = chain.__cause__ or chain.__context__
     text = str(exc).lower()
-    return "closed" in text or "eof" in text
+    return "reset by" in text or "connection closed" in text or "eof" in text
 
 
 def _reading(original: Any) -> Any:
@@ -98,6 +102,8 @@ def _reading(original: Any) -> Any:
             data: bytes = await original(self, n)
         except Exception as exc:
             if not _clean_end(exc):
+                if not getattr(self, "_logos_broken", False):
+                    log.debug("a secure-channel read failed: %r (chained %r)", exc, exc.__cause__ or exc.__context__)
                 self._logos_broken = True  # type: ignore[attr-defined]
             raise
         return data

@@ -52,13 +52,19 @@ def module(rpc: str, data_path: str = "auto") -> None:
         async for chunk in stream:
             await stream.write(chunk)
 
+    def answer(request: bytes, info: object) -> bytes:
+        return request
+
     async def main() -> None:
         # share=True: several module processes may serve the protocol (round-robin)
         async with (
             connect(rpc, name="bench-echo", data_path=data_path) as node,
             node.handle(["/echo/1.0.0"], echo, share=True),
         ):
-            print(json.dumps({"ready": True}), flush=True)
+            serves = hasattr(node, "serve")  # not in an older checkout (--baseline)
+            if serves:
+                registration = await node.serve(["/rr/1.0.0"], answer, share=True)  # noqa: F841 - kept
+            print(json.dumps({"ready": True, "serves": serves}), flush=True)
             await asyncio.Event().wait()
 
     asyncio.run(main())

@@ -19,6 +19,10 @@ Metrics per round:
                     the node for logos, the host for direct, the daemon for p2pd
   conc_mbps         echo throughput over those 1,000 streams at once
                     (logos: 20 module processes share the protocol)
+  req_per_s         request/response rate: open, one 32-byte length-prefixed request,
+                    its reply, close. logos: the modules answer with Node.serve (one
+                    RPC per request); direct and p2pd: their echo handler returns
+                    the frame, which is the same bytes on the wire
 
 Reported as medians with min-max and ratios to direct from the same run;
 JSON and a PNG chart of the ratios go to bench/results/.
@@ -63,7 +67,9 @@ TARGETS = {
     "open_per_s": ("open rate", "ge", 0.80),
     "idle_kib": ("memory / idle stream", "abs", 32.0),
     "conc_mbps": ("1,000-stream throughput", "ge", None),
+    "req_per_s": ("request/response rate", "ge", None),
 }
+RR = "/rr/1.0.0"  # what the logos modules serve with Node.serve
 
 SIZES = {
     "full": {"rtt": 1000, "bytes": 32 << 20, "opens": 200, "streams": 1000, "conc_bytes": 32 << 20, "rounds": 5},
@@ -77,6 +83,7 @@ SIZES = {
 class Target:
     def __init__(self, name: str) -> None:
         self.name = name
+        self.rr: str | None = PROTO  # the protocol that answers a request (None: not offered)
         self.procs: list[subprocess.Popen[bytes]] = []
         self.addr = ""
         self.server_pid = 0  # whose memory counts
@@ -154,7 +161,8 @@ def start_logos(
         env["LOGOS_P2P_FINGERPRINT"] = ready["tls_fingerprint"]
     path = "auto" if endpoint == "unix" else "push"
     for _ in range(modules):
-        target.line(target.spawn([sys.executable, str(HERE / "_targets.py"), "module", rpc, path], env=env))
+        ready = target.line(target.spawn([sys.executable, str(HERE / "_targets.py"), "module", rpc, path], env=env))
+    target.rr = RR if ready.get("serves") else None  # an older checkout's client has no serve
     return target
 
 
@@ -210,6 +218,20 @@ async def open_rate(host: Any, peer_id: Any, count: int) -> float:
         stream = await host.new_stream(peer_id, [PROTO])
         await stream.write(b"x")
         await read_exactly(stream, 1)
+        await stream.close()
+    return count / (time.perf_counter() - started)
+
+
+async def request_rate(host: Any, peer_id: Any, protocol: str, count: int) -> float:
+    """Open, one length-prefixed request, read the one-frame reply, close (no half-close:
+    p2pd's pipe would close the whole stream)."""
+    request = bytes([32]) + b"r" * 32
+    started = time.perf_counter()
+    for _ in range(count):
+        stream = await host.new_stream(peer_id, [protocol])
+        await stream.write(request)
+        reply = await read_exactly(stream, len(request))
+        assert reply == request, reply
         await stream.close()
     return count / (time.perf_counter() - started)
 
@@ -290,6 +312,9 @@ async def measure(target: Target, sizes: dict[str, int], step: Callable[[str], N
             result["throughput_mbps"] = await echo_throughput(main, info.peer_id, sizes["bytes"])
         with bounded(step, f"{target.name} open rate"):
             result["open_per_s"] = await open_rate(main, info.peer_id, sizes["opens"])
+        if target.rr is not None:
+            with bounded(step, f"{target.name} request rate"):
+                result["req_per_s"] = await request_rate(main, info.peer_id, target.rr, sizes["opens"])
         with bounded(step, f"{target.name} {sizes['streams']} streams"):
             result["conc_mbps"] = await concurrent(hosts, info.peer_id, sizes["streams"], sizes["conc_bytes"])
     return result
@@ -410,7 +435,7 @@ async def main(args: argparse.Namespace) -> None:
             starters["base"] = lambda: start_logos(Path(tmp), 20, "base", Path(args.baseline).resolve())
             if "base" not in paths:
                 paths.insert(paths.index("logos") + 1 if "logos" in paths else len(paths), "base")
-        progress = Progress((rounds * 4 + 1) * len(paths))
+        progress = Progress((rounds * 5 + 1) * len(paths))
         memory: dict[str, float] = {}
         for path in paths:  # memory first, each on fresh server processes
             target = starters[path]()

@@ -282,17 +282,25 @@ class CapabilitySide:
     async def write_lp_aio(self, data: bytes) -> None:
         await self.write_aio(lp_frame(data))
 
-    async def close_write_aio(self) -> None:
+    def close_write_soon(self) -> None:
+        """Half-close after the queued writes, without waiting for it to be on the wire."""
         self.bridge.state.handle(Event.SEND_EOF)
         self.eof_wanted = True
         self.tx_changed.notify()
+
+    async def close_write_aio(self) -> None:
+        self.close_write_soon()
         await self._flushed()
 
-    async def close_aio(self) -> None:
+    def close_soon(self) -> None:
+        """Close (see ``Bridge.close``) without waiting for the half-close to be on the wire."""
         b = self.bridge
         if b.state.state is not State.CLOSED and b.close():
             self.eof_wanted = True
             self.tx_changed.notify()
+
+    async def close_aio(self) -> None:
+        self.close_soon()
         await self._flushed()
 
     async def _flushed(self) -> None:

@@ -104,9 +104,9 @@ async def request(
         async with asyncio.timeout_at(deadline):
             await _write_frame(side, data)
             if close_write:
-                await side.close_write_aio()
+                side.close_write_soon()  # a failed half-close shows as a reset of the read
             reply = await _read_frame(side, max_size, "its reply")
-            await side.close_aio()
+            side.close_soon()  # the reply is here: the caller need not wait for the close
     except BaseException as exc:
         _reset_for(bridge, exc)
         if isinstance(exc, TimeoutError):
@@ -170,7 +170,7 @@ class Serving:
                 request = await _read_frame(side, self.max_size, "a whole request")
                 answer = await _unless_reset(side, self.responder.respond(request=request, info=bridge.info.to_capnp()))
                 await _write_frame(side, bytes(answer.reply))
-                await side.close_aio()
+                side.close_soon()  # the writer sends the reply, then the half-close
         except (Exception, asyncio.CancelledError) as exc:
             if not isinstance(exc, LogosP2PError | TimeoutError | asyncio.CancelledError):
                 log.debug("a responder for %s failed: %s", bridge.info.protocol, last_line(exc))

@@ -14,6 +14,10 @@ JSON object: {"type": "hello", "nick": ...} first, then {"type": "msg",
 "text": ...}, and {"type": "bye"} before a clean close. Either side may start.
 A peer that leaves cleanly reads as "left"; a reset or a lost connection is
 told apart.
+
+The node's connections are shown too, from its peer events (Node.peer_events):
+"* bob connected" and "* bob disconnected (closedByPeer)" -- a connection to a peer's node,
+which outlives the conversations on it (bob's chat can quit and come back on it).
 """
 
 from __future__ import annotations
@@ -31,6 +35,10 @@ from logos_p2p.client import (
     LogosP2PError,
     Node,
     NodeUnavailable,
+    PeerConnected,
+    PeerDisconnected,
+    PeerEvents,
+    PeerEventsOverflowed,
     Stream,
     StreamReset,
     connect,
@@ -71,6 +79,7 @@ class Conversation:
                 kind = message.get("type")
                 if kind == "hello":
                     self.nick = str(message.get("nick", self.nick))[:32]
+                    self.chat.names[self.stream.remote_peer_id] = self.nick
                     say(f"* {self.nick} joined ({short(self.stream.remote_peer_id)})")
                 elif kind == "msg":
                     say(f"<{self.nick}> {message.get('text', '')}")
@@ -111,6 +120,7 @@ class Chat:
         self.node = node
         self.nick = nick
         self.conversations: set[Conversation] = set()
+        self.names: dict[str, str] = {}  # peer id -> the nick it last said hello with
         self.tasks: set[asyncio.Future[None]] = set()
         self.quitting = False
 
@@ -118,6 +128,20 @@ class Chat:
         """A conversation someone else started (the handler owns the stream)."""
         say(f"* {short(stream.remote_peer_id)} started a conversation")
         await Conversation(self, stream).run()
+
+    def name(self, peer_id: str) -> str:
+        return self.names.get(peer_id, short(peer_id))
+
+    async def watch(self, events: PeerEvents) -> None:
+        """The node's connections to other nodes, as they come and go (until our node goes away)."""
+        async for event in events:
+            if isinstance(event, PeerConnected):
+                say(f"* {self.name(event.peer_id)} connected")
+            elif isinstance(event, PeerDisconnected):
+                say(f"* {self.name(event.peer_id)} disconnected ({event.reason})")
+            elif isinstance(event, PeerEventsOverflowed):
+                say("* missed some connections coming and going")
+            # PeerIdentified (the peer's protocols and agent) is not shown
 
     async def start(self, peer_addr: str) -> None:
         if "/p2p/" not in peer_addr:
@@ -170,7 +194,9 @@ async def run(args: argparse.Namespace) -> int:
     async with connect(args.rpc, name=f"chat:{args.nick}") as node:
         chat = Chat(node, args.nick)
         me = await node.info()
-        async with node.handle([PROTOCOL], chat.accept):
+        # subscribed before anything connects; the block ends the subscription
+        async with node.peer_events() as events, node.handle([PROTOCOL], chat.accept):
+            watcher = asyncio.ensure_future(chat.watch(events))
             say(f"chat: {args.nick} ready on {me.addrs[0]}")
             if args.peer:
                 await chat.start(args.peer)
@@ -182,6 +208,7 @@ async def run(args: argparse.Namespace) -> int:
                 repl.cancel()
                 return 1
             gone.cancel()
+            watcher.cancel()
             chat.quitting = True
             for conversation in list(chat.conversations):
                 await conversation.leave()

@@ -11,27 +11,39 @@
 #   * closing the RPC connection does both for everything the module holds.
 #
 # Errors. Every method may fail. A failure raised by logos-p2p itself carries, in
-# the last line of its exception description, a marker
+# its exception description, one marker line
 #
 #     [logos-p2p:<kind>] <human readable message>
 #
-# where <kind> is one of
-#     stream-reset:<cause>     the stream was reset; <cause> is a `Cause` name
-#                              (e.g. stream-reset:remoteReset, stream-reset:connectionLost)
-#     stream-closed            the module already closed this stream (or its write side)
+# and nothing else of the node (no traceback: that stays in the node's log). The
+# description carries a prefix before the marker (a C++ client reads e.g.
+# "remote exception: message = logos_p2p.RemoteError: "); find the last
+# "[logos-p2p:" in it. <kind> is one of
+# (camelCase, as the `Cause` names are; nodes before 0.2 wrote them in kebab-case,
+# e.g. stream-reset, invalid-argument, and clients should read both):
+#     streamReset:<cause>      the stream was reset; <cause> is a `Cause` name
+#                              (e.g. streamReset:remoteReset, streamReset:connectionLost)
+#     streamClosed             the module already closed this stream (or its write side)
 #     busy                     another read (or write) is already pending on this stream
-#     node-shutdown            the node is shutting down
-#     protocol-not-supported   the remote peer speaks none of the requested protocols
-#     peer-unreachable         no connection to the peer could be made
-#     negotiation-failed       protocol negotiation broke off (the peer reset or closed the stream)
+#     nodeShutdown             the node is shutting down
+#     protocolNotSupported     the remote peer speaks none of the requested protocols
+#     peerUnreachable          no connection to the peer could be made
+#     negotiationFailed        protocol negotiation broke off (the peer reset or closed the stream)
 #     timeout                  the operation's own timeout expired
-#     invalid-argument         a parameter is malformed (bad protocol id, peer id, size...)
-#     protocol-in-use          another module registered that protocol id
-#     limit-exceeded           a node limit (streams, registrations, sizes) was reached
-#     frame-too-large          a length-prefixed frame is longer than maxSize
-#     end-of-stream            the stream ended in the middle of a length-prefixed frame
-# The last marker in the description is authoritative. Failures of the RPC
-# connection itself are Cap'n Proto DISCONNECTED exceptions.
+#     invalidArgument          a parameter is malformed (bad protocol id, peer id, size...)
+#     protocolInUse            another module registered that protocol id
+#     limitExceeded            a node limit (streams, registrations, sizes) was reached
+#     frameTooLarge            a length-prefixed frame is longer than maxSize
+#     endOfStream              the stream ended in the middle of a length-prefixed frame
+#     internal                 the node itself failed (a bug: its log has the details)
+# An unknown <kind> or <cause> is to be read as `internal` / `protocolError`.
+# Failures of the RPC connection itself are Cap'n Proto DISCONNECTED exceptions.
+#
+# C++ authors. `register` is a C++ keyword: the generated names are
+# `registerProtocolsRequest()` (client) and `registerProtocols` (server), by the
+# $Cxx.name below; `EndReason.eof` is `endOfStream` in C++ (stdio's EOF macro). The
+# wire format is unchanged by either. Debian's CapnProtoConfig.cmake probes for
+# libatomic with a C compiler: declare `project(name C CXX)`, not CXX alone.
 #
 # Flow control. No method here is a `-> stream` method on purpose: a pending
 # streaming call blocks every later call on the same capability, which would
@@ -90,7 +102,8 @@ struct EndReason {
   # Why the inbound byte flow (remote peer -> module) ended.
   message @0 :Text;
   union {
-    eof @1 :Void;             # the remote peer half-closed: no more data, writing still allowed
+    eof @1 :Void $Cxx.name("endOfStream");  # the remote peer half-closed: no more data,
+                              # writing still allowed
     reset @2 :Cause;          # the stream is reset: every later operation fails
   }
 }
@@ -161,7 +174,7 @@ interface Node {
   peers @3 () -> (peers :List(PeerInfo));
 
   register @4 (protocols :List(Text), handler :Handler, options :RegisterOptions)
-      -> (registration :Registration, id :UInt64);
+      -> (registration :Registration, id :UInt64) $Cxx.name("registerProtocols");
   # Mounts the protocol ids on the node's libp2p host. Every inbound stream that
   # negotiates one of them is given to `handler`. The ids stay mounted until the
   # Registration is unregistered or dropped, or this RPC connection closes.
@@ -170,7 +183,10 @@ interface Node {
                  sink :ByteSink) -> (stream :Stream, info :StreamInfo);
   # Opens an outbound stream, dialing `addrs` (multiaddrs, optional) if not
   # connected. `protocols` are tried in order. With a `sink`, inbound bytes are
-  # pushed to it; without one, use Stream.read.
+  # pushed to it; without one, use Stream.read. `peerId` may be "" when `addrs` name
+  # the peer (each ending in /p2p/<peerId>, all the same); an address naming another
+  # peer than `peerId` is invalidArgument. Limits: 64 protocol ids of at most 512 bytes,
+  # 64 addresses of at most 1024 bytes; timeoutMs 0 = the node's 30 s.
 
   status @6 () -> (status :Status);
   # What the node holds, for operators and tests.
@@ -286,25 +302,44 @@ interface Handler {
 
 interface Stream {
   # Implemented by the node, for inbound and outbound streams alike.
+  #
+  # Closed, for "dropping a Stream that is not closed resets it": a Stream is closed
+  # once the node has received its `close` call (or `closeWrite` and the peer's end of
+  # stream were both seen). Calls on a capability arrive before its release, so a
+  # module may call `close` and drop the Stream at once: the close goes on (flush,
+  # half-close, the peer's linger) and nothing is reset. A Stream released before any
+  # `close` arrived is reset (cause capabilityDropped).
 
   info @0 () -> (info :StreamInfo);
 
   read @1 (maxBytes :UInt32, position :UInt64) -> (data :Data, next :UInt64, eof :Bool);
-  # Pull-mode read (streams without a sink). `position` is the number of bytes
-  # of this stream the caller has received and kept; the node returns bytes
-  # from there on and keeps them until a later read passes them. A read that
-  # was cancelled, or whose answer was lost, therefore loses nothing: read
-  # again from the same position. `next` = position + len(data).
-  # At end of stream: empty data, eof = true.
+  # Pull-mode read (streams without a sink). maxBytes: 1..1048576 (the node's largest
+  # answer). `position` is the number of bytes of this stream the caller has received
+  # and kept; the node returns bytes from there on and keeps them until a later read
+  # passes them. A read that was cancelled, or whose answer was lost, therefore loses
+  # nothing: read again from the same position. `next` = position + len(data). It must
+  # lie between the oldest byte the node still keeps and the furthest it handed out,
+  # else invalidArgument. At end of stream: empty data, eof = true.
 
   readLp @2 (maxSize :UInt32, position :UInt64) -> (data :Data, next :UInt64, eof :Bool);
-  # Reads one unsigned-varint length-prefixed frame (as nim-libp2p's readLp).
-  # eof = true only when the stream ended cleanly before the first byte of a frame.
+  # Reads one unsigned-varint length-prefixed frame (as nim-libp2p's readLp). maxSize:
+  # 0..16777216 (the node's largest frame). `read` and
+  # `readLp` share one cursor: `position` counts stream bytes, prefixes included, so
+  # `next` = position + the varint's length + len(data) -- not position + len(data).
+  # `position` must be a frame boundary: one the node handed out (the `next` of the
+  # last read or readLp, or the position of a read being retried), else
+  # invalidArgument. eof = true only when the stream ended cleanly before the first
+  # byte of a frame; ending inside one is endOfStream. A frame over maxSize is
+  # frameTooLarge and stays unread.
 
   write @3 (data :Data) -> ();
-  # Answered once the data is queued within the node's per-stream bound.
+  # Answered once the data is queued within the node's per-stream bound: at most
+  # --max-write bytes per call (1 MiB by default), answered while less than 256 KiB is
+  # queued, and limitExceeded once more than --max-stream-buffer (8 MiB) would be: keep
+  # a window of writes in flight (the Python client keeps 256 KiB), not more.
   writeLp @4 (data :Data) -> ();
-  # write(uvarint(len(data)) ++ data), as nim-libp2p's writeLp.
+  # write(uvarint(len(data)) ++ data), as nim-libp2p's writeLp; len(data) + the prefix
+  # must fit one write.
 
   closeWrite @5 () -> ();
   # Half-close: flushes queued writes, then the peer reads end of stream.

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import subprocess
 import sys
 import zipfile
@@ -144,14 +145,27 @@ async def test_the_raw_capability_path_pull_reads_and_frames(node, peer):
         with pytest.raises(capnp.KjException) as info:
             await stream.read(maxBytes=4, position=99)
         assert isinstance(_wire.marker_to_error(info.value.description), InvalidArgument)
+        # all a module gets of a node failure is the marker line: no traceback, no node file
+        description = info.value.description
+        assert description.startswith("remote exception: message = logos_p2p.RemoteError: [logos-p2p:invalidArgument] ")
+        assert "\n" not in description.strip() and "Traceback" not in description and ".py" not in description
+        with pytest.raises(capnp.KjException) as info:  # readLp only from a frame boundary
+            await stream.readLp(maxSize=100, position=2)
+        assert isinstance(_wire.marker_to_error(info.value.description), InvalidArgument)
         frame = await stream.readLp(maxSize=100, position=0)
         assert (frame.data, frame.next, frame.eof) == (b"hello", 6, False)
+        with pytest.raises(capnp.KjException) as info:  # position + len(data): the prefix forgotten
+            await stream.readLp(maxSize=100, position=5)
+        assert "not a frame boundary" in info.value.description
         await stream.writeLp(data=b"framed")
         await stream.write(data=b"raw")
         await stream.closeWrite()
         end = await stream.readLp(maxSize=100, position=6)
         assert (end.data, end.eof) == (b"", True)
-        await stream.close()
+        closing = stream.close()  # sent now; then the capability is released at once:
+        del stream  # the close arrived first, so this is not a drop (no reset)
+        gc.collect()
+        await closing
         await registration.unregister()
         client.close()
 
@@ -169,7 +183,9 @@ async def test_the_raw_capability_path_pull_reads_and_frames(node, peer):
 
         nursery.start_soon(open_when_registered)
         await trio_asyncio.aio_as_trio(scenario)(None)
-    assert await p.read_all(holder[0]) == b"\x06framedraw"
+    assert await p.read_all(holder[0]) == b"\x06framedraw"  # a reset would raise StreamReset here
+    resets = (await node_status(node.rpc))["resets"]
+    assert resets == [], resets
 
 
 def test_the_wheel_ships_the_schema_and_its_types(tmp_path):
@@ -220,3 +236,16 @@ async def test_one_handler_serves_several_versions_and_each_stream_knows_its_own
         event = await module.event("stream")
         assert (event["protocol"], event["direction"]) == (negotiated, "inbound")
         assert event["remote_peer_id"] == peer.peer_id
+
+
+@pytest.mark.parametrize("data_path", ["socket", "push"], indirect=True)  # the channel's open, and RPC's
+async def test_an_open_may_name_its_peer_by_address_alone(node, peer, modules, data_path):
+    module = await modules(node)
+    peer.serve_echo("/by-addr/1")
+    info = await module.call("open_stream", "s", "", ["/by-addr/1"], [peer.addr], 10)
+    assert info["remote_peer_id"] == peer.peer_id
+    with pytest.raises(InvalidArgument):  # nothing names the peer
+        await module.call("open_stream", "t", "", ["/by-addr/1"], [peer.addr.split("/p2p/")[0]], 10)
+    other = "/ip4/127.0.0.1/tcp/1/p2p/12D3KooWDgu2n9emiyCQSAYpZesYE9GXedQRdziQiZ9GqcYucwVE"
+    with pytest.raises(InvalidArgument):  # two peers named
+        await module.call("open_stream", "u", "", ["/by-addr/1"], [peer.addr, other], 10)

@@ -237,7 +237,7 @@ async def test_a_data_channel_token_works_once(node):
                 second.close()
 
     failed, second_read = await run_aio(scenario)
-    assert failed.startswith("openFailed 7 ") and "[logos-p2p:invalid-argument]" in failed
+    assert failed.startswith("openFailed 7 ") and "[logos-p2p:invalidArgument]" in failed
     assert second_read == b""  # the node hung up on the replayed token
 
 

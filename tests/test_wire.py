@@ -1,5 +1,7 @@
 """Error markers and unsigned varints: what crosses the RPC besides the schema."""
 
+import traceback
+
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -84,6 +86,44 @@ def test_every_error_survives_the_trip_inside_a_traceback(error):
 
 def test_remote_error_text_is_exactly_the_marker():
     assert str(RemoteError(e.Busy("x"))) == "[logos-p2p:busy] x"
+
+
+def test_a_remote_error_formats_as_one_line_without_a_traceback():
+    """pycapnp sends traceback.format_exception of a failed server method."""
+    try:
+        try:
+            raise KeyError("inside the node")
+        except KeyError:
+            raise RemoteError(e.LimitExceeded("full")) from None
+    except RemoteError as exc:
+        text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+    assert text == "logos_p2p.RemoteError: [logos-p2p:limitExceeded] full\n"
+
+
+@pytest.mark.parametrize(
+    ("kind", "cls"),
+    [("stream-closed", e.StreamClosed), ("invalid-argument", e.InvalidArgument), ("node-shutdown", e.NodeShutdown)],
+)
+def test_kinds_from_older_nodes_in_kebab_case_are_still_read(kind, cls):
+    assert type(marker_to_error(f"[logos-p2p:{kind}] x")) is cls
+    reset = marker_to_error("[logos-p2p:stream-reset:connectionLost] x")
+    assert isinstance(reset, e.ConnectionLost)
+
+
+def test_kinds_are_camel_case_like_the_causes():
+    assert error_to_marker(e.reset_error(e.Cause.REMOTE_RESET, "m")) == "[logos-p2p:streamReset:remoteReset] m"
+    assert error_to_marker(e.ProtocolNotSupported("m")) == "[logos-p2p:protocolNotSupported] m"
+    assert error_to_marker(e.RPCError("m")) == "[logos-p2p:internal] m"
+    assert type(marker_to_error("[logos-p2p:internal] m")) is e.RPCError
+
+
+def test_a_failure_that_is_not_ours_is_logged_and_sent_as_internal(caplog):
+    from logos_p2p.server._rpc import remote_errors
+
+    with pytest.raises(RemoteError) as info, remote_errors():
+        {}["missing"]
+    assert str(info.value) == "[logos-p2p:internal] the node failed (KeyError); its log has the details"
+    assert "KeyError" in caplog.text and "Traceback" in caplog.text
 
 
 def test_no_marker_and_unknown_kinds():

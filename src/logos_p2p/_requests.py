@@ -76,3 +76,18 @@ def validate_open(peer_id: str, protocols: Iterable[str], addrs: Iterable[str]) 
         if len(addr.encode()) > MAX_ADDR:
             raise InvalidArgument(f"a multiaddr is at most {MAX_ADDR} bytes")
     return ids
+
+
+def peer_named(peer_id: str, addrs: Iterable[str]) -> str:
+    """The peer an open request is for: ``peer_id``, or when it is "" the peer its
+    addresses name (each ending in ``/p2p/<peer id>``, all the same one)."""
+    if peer_id:
+        return peer_id
+    named = {addr.rsplit("/p2p/", 1)[1] for addr in addrs if "/p2p/" in addr}
+    if len(named) != 1:
+        raise InvalidArgument(
+            "a peer id is needed, or addresses that end in /p2p/<peer id>"
+            if not named
+            else f"the addresses name {len(named)} peers; give the peer id"
+        )
+    return named.pop()

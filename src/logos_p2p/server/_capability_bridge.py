@@ -225,6 +225,12 @@ class CapabilitySide:
     async def read_lp_aio(self, max_size: int, position: int) -> tuple[bytes, int, bool]:
         if not 0 <= max_size <= self.limits.max_frame:
             raise InvalidArgument(f"maxSize must be in 0..{self.limits.max_frame}")
+        if position not in (self.rx.base, max(self.rx_delivered, self.rx.base)):
+            # e.g. the last frame's position + len(data), forgetting its length prefix
+            raise InvalidArgument(
+                f"readLp position {position} is not a frame boundary: pass the last read's next "
+                f"({max(self.rx_delivered, self.rx.base)}) or retry from {self.rx.base}"
+            )
         try:
             return await self._pull(position, partial(self._frame, max_size), framed=True)
         finally:

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from .. import _schema
 from .._requests import timeout_from_ms
 from .._wire import RemoteError, last_line
-from ..errors import Cause, InvalidArgument, LogosP2PError
+from ..errors import Cause, InvalidArgument, LogosP2PError, RPCError
 from ._bridge import Bridge
 from ._capability_bridge import CapabilitySide
 from ._config import NodeConfig
@@ -57,15 +57,20 @@ class Control(Protocol):
 
 @contextlib.contextmanager
 def remote_errors() -> Iterator[None]:
-    """Raise logos-p2p errors as markers for the module; a call the module already
-    cancelled ends cancelled instead (pycapnp reports anything else as an error)."""
+    """The node's outgoing error boundary: a logos-p2p error goes to the module as its
+    marker; any other failure is logged here, with its traceback, and goes as
+    ``internal`` (the module never sees the node's code); a call the module already
+    cancelled ends cancelled instead."""
     try:
         yield
-    except LogosP2PError as exc:
-        task = asyncio.current_task()
-        if task is not None and task.cancelling():
-            raise asyncio.CancelledError from None
-        raise RemoteError(exc) from None
+    except Exception as exc:
+        if isinstance(exc, LogosP2PError):
+            task = asyncio.current_task()
+            if task is not None and task.cancelling():
+                raise asyncio.CancelledError from None
+            raise RemoteError(exc) from None
+        log.exception("an RPC call failed inside the node")
+        raise RemoteError(RPCError(f"the node failed ({type(exc).__name__}); its log has the details")) from None
 
 
 class NodeImpl(schema.Node.Server):  # type: ignore[name-defined,misc]
@@ -77,7 +82,8 @@ class NodeImpl(schema.Node.Server):  # type: ignore[name-defined,misc]
         self._session = session
 
     async def info(self, **_: Any) -> Any:
-        return self._node.info()
+        with remote_errors():
+            return self._node.info()
 
     async def connectPeer(self, addr: str, timeoutMs: int, **_: Any) -> Any:
         with remote_errors():
@@ -89,7 +95,8 @@ class NodeImpl(schema.Node.Server):  # type: ignore[name-defined,misc]
             await self._node.calls.run(self._node.disconnect_peer(peerId))
 
     async def peers(self, **_: Any) -> Any:
-        return self._node.peers()
+        with remote_errors():
+            return self._node.peers()
 
     async def register(self, protocols: Any, handler: Any, options: Any, _context: Any, **_: Any) -> Any:
         with remote_errors():
@@ -119,7 +126,8 @@ class NodeImpl(schema.Node.Server):  # type: ignore[name-defined,misc]
                 raise
 
     async def status(self, **_: Any) -> Any:
-        return self._node.status()
+        with remote_errors():
+            return self._node.status()
 
     async def waitShutdown(self, **_: Any) -> None:
         with remote_errors():
@@ -195,7 +203,8 @@ class RegistrationImpl(schema.Registration.Server):  # type: ignore[name-defined
         return list(self._reg.protocols)
 
     async def unregister(self, **_: Any) -> None:
-        self._node.streams.unregister(self._reg)
+        with remote_errors():
+            self._node.streams.unregister(self._reg)
 
 
 class StreamImpl(schema.Stream.Server):  # type: ignore[name-defined,misc]
@@ -208,7 +217,8 @@ class StreamImpl(schema.Stream.Server):  # type: ignore[name-defined,misc]
         self._side.bridge.dropped()
 
     async def info(self, **_: Any) -> Any:
-        return self._side.bridge.info.to_capnp()
+        with remote_errors():
+            return self._side.bridge.info.to_capnp()
 
     async def read(self, maxBytes: int, position: int, **_: Any) -> Any:
         with remote_errors():
@@ -235,7 +245,8 @@ class StreamImpl(schema.Stream.Server):  # type: ignore[name-defined,misc]
             await self._side.close_aio()
 
     async def reset(self, **_: Any) -> None:
-        self._side.reset_aio()
+        with remote_errors():
+            self._side.reset_aio()
 
 
 # -- inbound streams on the capability path ---------------------------------------------

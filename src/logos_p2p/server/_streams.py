@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 import trio
 
-from .._requests import validate_open, validate_protocol_ids
+from .._requests import peer_named, validate_open, validate_protocol_ids
 from ..errors import Cause, LimitExceeded, NodeShutdown, ProtocolInUse
 from . import _libp2p
 from ._bridge import Bridge
@@ -40,12 +40,14 @@ if TYPE_CHECKING:
 log = logging.getLogger("logos_p2p.node")
 
 
-def _check_open(peer: str, protocols: list[str], addrs: list[str]) -> tuple[str, ...]:
-    """The protocol ids of an open request, checked with its peer id and addresses
-    (InvalidArgument first: a bad request is no reason to count a refusal)."""
+def _check_open(peer: str, protocols: list[str], addrs: list[str]) -> tuple[str, tuple[str, ...]]:
+    """The peer and the protocol ids of an open request, checked with its addresses
+    (InvalidArgument first: a bad request is no reason to count a refusal). ``peer`` may
+    be "" when the addresses name it."""
     ids = validate_open(peer, protocols, addrs)
+    peer = peer_named(peer, addrs)
     _libp2p.peer_id_of(peer)
-    return ids
+    return peer, ids
 
 
 class _Side(Protocol):
@@ -246,7 +248,7 @@ class StreamService:
 
         The request is checked before it is counted (InvalidArgument before LimitExceeded,
         as before the open moved here); :meth:`open` checks it again, a few string tests."""
-        _check_open(peer, protocols, addrs)
+        peer, _ids = _check_open(peer, protocols, addrs)
         grant = self.begin(session, OPENS)
 
         async def opened() -> S:
@@ -272,7 +274,7 @@ class StreamService:
 
         The module's end or the node's shutdown cancels it: NodeShutdown.
         """
-        ids = _check_open(peer, protocols, addrs)
+        peer, ids = _check_open(peer, protocols, addrs)
         if self.shutting_down or session.closed:
             raise NodeShutdown()
         slot = self.rm.stream("outbound", peer, self.rm.module(session.id))

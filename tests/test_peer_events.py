@@ -122,3 +122,18 @@ async def test_a_subscriber_that_does_not_keep_up_gets_one_overflow_then_new_eve
         events = await module.call("drain_events", "e", "PeerConnected", 1, late.peer_id, timeout=20)
     assert events[-1]["peer_id"] == late.peer_id
     assert "PeerEventsOverflowed" not in [e["kind"] for e in events]
+
+
+async def test_a_peer_that_pushes_new_protocols_is_identified_again(node, peer, modules):
+    from libp2p.identity.identify_push.identify_push import push_identify_to_peers
+
+    module = await modules(node)
+    await module.call("subscribe", "e")
+    await peer.connect(node.addr)
+    await next_event(module, "e", "PeerConnected")
+    first = await next_event(module, "e", "PeerIdentified")
+    assert "/late/1.0.0" not in first["protocols"]
+    peer.serve_echo("/late/1.0.0")
+    await push_identify_to_peers(peer.host)
+    again = await next_event(module, "e", "PeerIdentified")
+    assert again["peer_id"] == peer.peer_id and "/late/1.0.0" in again["protocols"]

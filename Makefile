@@ -10,8 +10,11 @@ CODE   := $(wildcard src tests examples bench)
 
 .PHONY: run test demo lint fmt bench flood soak clean lock system-deps peers
 
-# Debian packages the tests drive (installed when missing, if we may)
-SYSTEM_DEPS := tmux
+# Debian packages the tests drive (installed when missing, if we may), each as
+# PROBE=PACKAGE: a command on PATH, or an absolute path that the package installs.
+# tmux: the chat example's terminals; the rest builds the C++ client (clients/cpp/).
+SYSTEM_DEPS := tmux=tmux capnp=capnproto /usr/include/capnp/ez-rpc.h=libcapnp-dev \
+	/usr/include/openssl/hmac.h=libssl-dev cmake=cmake g++=g++ make=make
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -27,7 +30,9 @@ demo: $(STAMP)
 	$(BIN)/python examples/echo/demo.py
 
 system-deps:
-	@missing=""; for p in $(SYSTEM_DEPS); do command -v $$p >/dev/null || missing="$$missing $$p"; done; \
+	@missing=""; for dep in $(SYSTEM_DEPS); do probe=$${dep%%=*}; pkg=$${dep#*=}; \
+	  case $$probe in /*) test -e $$probe ;; *) command -v $$probe >/dev/null ;; esac || missing="$$missing $$pkg"; \
+	done; \
 	if [ -n "$$missing" ]; then \
 	  if [ "$$(id -u)" = 0 ]; then apt-get update -q && apt-get install -y -q $$missing; \
 	  elif command -v sudo >/dev/null; then sudo apt-get install -y -q $$missing; \

@@ -1,6 +1,8 @@
 # logos-p2p: custom libp2p protocols handled by modules in other processes.
 #
-# A module connects to the node's RPC endpoint (a unix socket by default, or TCP),
+# A module connects to the node's RPC endpoint (a unix socket by default, or TCP or
+# TLS: the token exchange that comes first on TCP is specified in src/logos_p2p/_auth.py,
+# HMAC-SHA256, and clients/cpp/src/auth.cpp implements it in C++),
 # takes the bootstrap `Node` capability, registers protocol ids with a `Handler`
 # capability of its own, and then handles each libp2p stream as a `Stream`
 # capability implemented by the node.
@@ -218,8 +220,8 @@ interface Node {
   # false, reads one length-prefixed frame of at most `maxSize` bytes (0 = 1 MiB;
   # at most 16 MiB) as the reply, and closes the stream. `timeoutMs` (0 = the node's
   # open timeout) bounds the whole exchange; on any failure the stream is reset.
-  # Errors: the markers of openStream, then timeout, stream-reset:<cause>,
-  # frame-too-large, end-of-stream (the peer ended the stream before a whole reply).
+  # Errors: the markers of openStream, then timeout, streamReset:<cause>,
+  # frameTooLarge, endOfStream (the peer ended the stream before a whole reply).
 
   serve @12 (protocols :List(Text), responder :Responder, options :ServeOptions)
       -> (registration :Registration, id :UInt64);
@@ -323,7 +325,8 @@ interface Stream {
 
   readLp @2 (maxSize :UInt32, position :UInt64) -> (data :Data, next :UInt64, eof :Bool);
   # Reads one unsigned-varint length-prefixed frame (as nim-libp2p's readLp). maxSize:
-  # 0..16777216 (the node's largest frame). `read` and
+  # 0..16777216 (the node's largest frame); 0 accepts only empty frames (there is no
+  # default here, unlike request and serve). `read` and
   # `readLp` share one cursor: `position` counts stream bytes, prefixes included, so
   # `next` = position + the varint's length + len(data) -- not position + len(data).
   # `position` must be a frame boundary: one the node handed out (the `next` of the
@@ -336,7 +339,7 @@ interface Stream {
   # Answered once the data is queued within the node's per-stream bound: at most
   # --max-write bytes per call (1 MiB by default), answered while less than 256 KiB is
   # queued, and limitExceeded once more than --max-stream-buffer (8 MiB) would be: keep
-  # a window of writes in flight (the Python client keeps 256 KiB), not more.
+  # a window of writes in flight (the Python client keeps 512 KiB, in calls of 256 KiB).
   writeLp @4 (data :Data) -> ();
   # write(uvarint(len(data)) ++ data), as nim-libp2p's writeLp; len(data) + the prefix
   # must fit one write.

@@ -1,0 +1,247 @@
+// The C ABI: the facade behind opaque handles, errors as codes + messages.
+#include "logos_p2p.h"
+
+#include <cstdlib>
+#include <cstring>
+#include <exception>
+
+#include "logos_p2p/facade.hpp"
+
+using logos::p2p::Bytes;
+using logos::p2p::ErrorKind;
+using logos::p2p::Facade;
+
+struct logos_p2p_facade {
+  Facade facade;
+  logos_p2p_facade(const char* address, const char* name) : facade(address, name ? name : "") {}
+};
+
+namespace {
+
+int codeOf(ErrorKind kind) {
+  switch (kind) {
+    case ErrorKind::ok: return LOGOS_P2P_OK;
+    case ErrorKind::streamReset: return LOGOS_P2P_STREAM_RESET;
+    case ErrorKind::streamClosed: return LOGOS_P2P_STREAM_CLOSED;
+    case ErrorKind::busy: return LOGOS_P2P_BUSY;
+    case ErrorKind::nodeShutdown: return LOGOS_P2P_NODE_SHUTDOWN;
+    case ErrorKind::nodeDisconnected: return LOGOS_P2P_NODE_DISCONNECTED;
+    case ErrorKind::protocolNotSupported: return LOGOS_P2P_PROTOCOL_NOT_SUPPORTED;
+    case ErrorKind::peerUnreachable: return LOGOS_P2P_PEER_UNREACHABLE;
+    case ErrorKind::negotiationFailed: return LOGOS_P2P_NEGOTIATION_FAILED;
+    case ErrorKind::timeout: return LOGOS_P2P_TIMEOUT;
+    case ErrorKind::invalidArgument: return LOGOS_P2P_INVALID_ARGUMENT;
+    case ErrorKind::protocolInUse: return LOGOS_P2P_PROTOCOL_IN_USE;
+    case ErrorKind::limitExceeded: return LOGOS_P2P_LIMIT_EXCEEDED;
+    case ErrorKind::frameTooLarge: return LOGOS_P2P_FRAME_TOO_LARGE;
+    case ErrorKind::endOfStream: return LOGOS_P2P_END_OF_STREAM;
+    case ErrorKind::internal: return LOGOS_P2P_INTERNAL;
+    case ErrorKind::authenticationFailed: return LOGOS_P2P_AUTHENTICATION_FAILED;
+  }
+  return LOGOS_P2P_INTERNAL;
+}
+
+int setError(logos_p2p_error* err, int code, int cause, const char* message) {
+  if (err) {
+    err->code = code;
+    err->cause = cause;
+    std::strncpy(err->message, message, sizeof(err->message) - 1);
+    err->message[sizeof(err->message) - 1] = '\0';
+  }
+  return code;
+}
+
+template <typename Fn>
+int guarded(logos_p2p_error* err, Fn&& fn) {
+  try {
+    fn();
+    if (err) {
+      err->code = LOGOS_P2P_OK;
+      err->cause = 0;
+      err->message[0] = '\0';
+    }
+    return LOGOS_P2P_OK;
+  } catch (const logos::p2p::StreamReset& e) {
+    return setError(err, codeOf(e.kind()), static_cast<int>(e.cause()), e.what());
+  } catch (const logos::p2p::Error& e) {
+    return setError(err, codeOf(e.kind()), LOGOS_P2P_CAUSE_PROTOCOL_ERROR, e.what());
+  } catch (const std::exception& e) {
+    return setError(err, LOGOS_P2P_INTERNAL, LOGOS_P2P_CAUSE_PROTOCOL_ERROR, e.what());
+  } catch (...) {
+    return setError(err, LOGOS_P2P_INTERNAL, LOGOS_P2P_CAUSE_PROTOCOL_ERROR, "unknown failure");
+  }
+}
+
+int badArgument(logos_p2p_error* err, const char* what) {
+  return setError(err, LOGOS_P2P_INVALID_ARGUMENT, LOGOS_P2P_CAUSE_PROTOCOL_ERROR, what);
+}
+
+char* dupString(const std::string& s) {
+  char* out = static_cast<char*>(std::malloc(s.size() + 1));
+  if (out) std::memcpy(out, s.c_str(), s.size() + 1);
+  return out;
+}
+
+void giveBytes(const Bytes& b, uint8_t** data, size_t* len) {
+  *len = b.size();
+  *data = static_cast<uint8_t*>(std::malloc(b.empty() ? 1 : b.size()));
+  if (*data == nullptr) throw std::bad_alloc();
+  if (!b.empty()) std::memcpy(*data, b.data(), b.size());
+}
+
+template <typename Read>
+int readInto(logos_p2p_facade* f, uint8_t** data, size_t* len, logos_p2p_error* err, Read&& read) {
+  if (!f || !data || !len) return badArgument(err, "facade, data and len must not be NULL");
+  *data = nullptr;
+  *len = 0;
+  return guarded(err, [&]() { giveBytes(read(), data, len); });
+}
+
+}  // namespace
+
+extern "C" {
+
+const char* logos_p2p_code_name(int code) {
+  static const char* const names[] = {"ok",
+                                      "streamReset",
+                                      "streamClosed",
+                                      "busy",
+                                      "nodeShutdown",
+                                      "nodeDisconnected",
+                                      "protocolNotSupported",
+                                      "peerUnreachable",
+                                      "negotiationFailed",
+                                      "timeout",
+                                      "invalidArgument",
+                                      "protocolInUse",
+                                      "limitExceeded",
+                                      "frameTooLarge",
+                                      "endOfStream",
+                                      "internal",
+                                      "authenticationFailed"};
+  return code >= 0 && code <= LOGOS_P2P_AUTHENTICATION_FAILED ? names[code] : "internal";
+}
+
+const char* logos_p2p_cause_name(int cause) {
+  return cause >= 0 && cause <= LOGOS_P2P_CAUSE_PROTOCOL_ERROR
+             ? logos::p2p::causeName(static_cast<logos::p2p::Cause>(cause))
+             : "protocolError";
+}
+
+int logos_p2p_facade_new(const char* address, const char* module_name, logos_p2p_facade** out,
+                         logos_p2p_error* err) {
+  if (!address || !out) return badArgument(err, "address and out must not be NULL");
+  *out = nullptr;
+  return guarded(err, [&]() { *out = new logos_p2p_facade(address, module_name); });
+}
+
+void logos_p2p_facade_free(logos_p2p_facade* facade) { delete facade; }
+
+int logos_p2p_peer_id(logos_p2p_facade* f, char** peer_id, logos_p2p_error* err) {
+  if (!f || !peer_id) return badArgument(err, "facade and peer_id must not be NULL");
+  return guarded(err, [&]() { *peer_id = dupString(f->facade.peerId()); });
+}
+
+int logos_p2p_mount_protocol(logos_p2p_facade* f, const char* proto, logos_p2p_error* err) {
+  if (!f || !proto) return badArgument(err, "facade and proto must not be NULL");
+  return guarded(err, [&]() { f->facade.mountProtocol(proto); });
+}
+
+int logos_p2p_unmount_protocol(logos_p2p_facade* f, const char* proto, logos_p2p_error* err) {
+  if (!f || !proto) return badArgument(err, "facade and proto must not be NULL");
+  return guarded(err, [&]() { f->facade.unmountProtocol(proto); });
+}
+
+int logos_p2p_dial(logos_p2p_facade* f, const char* peer_id, const char* proto, const char* const* addrs,
+                   size_t n_addrs, uint32_t timeout_ms, uint64_t* stream_id, logos_p2p_error* err) {
+  if (!f || !peer_id || !proto || !stream_id || (n_addrs && !addrs))
+    return badArgument(err, "facade, peer_id, proto, stream_id (and addrs) must not be NULL");
+  return guarded(err, [&]() {
+    std::vector<std::string> list;
+    for (size_t i = 0; i < n_addrs; ++i) list.emplace_back(addrs[i]);
+    *stream_id = f->facade.dial(peer_id, proto, list, timeout_ms);
+  });
+}
+
+int logos_p2p_stream_read(logos_p2p_facade* f, uint64_t id, size_t max_bytes, uint32_t timeout_ms, uint8_t** data,
+                          size_t* len, logos_p2p_error* err) {
+  return readInto(f, data, len, err, [&]() { return f->facade.streamRead(id, max_bytes, timeout_ms); });
+}
+
+int logos_p2p_stream_read_exactly(logos_p2p_facade* f, uint64_t id, size_t n, uint32_t timeout_ms, uint8_t** data,
+                                  size_t* len, logos_p2p_error* err) {
+  return readInto(f, data, len, err, [&]() { return f->facade.streamReadExactly(id, n, timeout_ms); });
+}
+
+int logos_p2p_stream_read_lp(logos_p2p_facade* f, uint64_t id, uint32_t max_size, uint32_t timeout_ms, uint8_t** data,
+                             size_t* len, logos_p2p_error* err) {
+  return readInto(f, data, len, err, [&]() { return f->facade.streamReadLp(id, max_size, timeout_ms); });
+}
+
+int logos_p2p_stream_write(logos_p2p_facade* f, uint64_t id, const uint8_t* data, size_t len, uint32_t timeout_ms,
+                           logos_p2p_error* err) {
+  if (!f || (len && !data)) return badArgument(err, "facade (and data) must not be NULL");
+  return guarded(err, [&]() { f->facade.streamWrite(id, Bytes(data, data + len), timeout_ms); });
+}
+
+int logos_p2p_stream_write_lp(logos_p2p_facade* f, uint64_t id, const uint8_t* data, size_t len, uint32_t timeout_ms,
+                              logos_p2p_error* err) {
+  if (!f || (len && !data)) return badArgument(err, "facade (and data) must not be NULL");
+  return guarded(err, [&]() { f->facade.streamWriteLp(id, Bytes(data, data + len), timeout_ms); });
+}
+
+int logos_p2p_stream_close_with_eof(logos_p2p_facade* f, uint64_t id, uint32_t timeout_ms, logos_p2p_error* err) {
+  if (!f) return badArgument(err, "facade must not be NULL");
+  return guarded(err, [&]() { f->facade.streamCloseWithEOF(id, timeout_ms); });
+}
+
+int logos_p2p_stream_close(logos_p2p_facade* f, uint64_t id, uint32_t timeout_ms, logos_p2p_error* err) {
+  if (!f) return badArgument(err, "facade must not be NULL");
+  return guarded(err, [&]() { f->facade.streamClose(id, timeout_ms); });
+}
+
+int logos_p2p_stream_reset(logos_p2p_facade* f, uint64_t id, logos_p2p_error* err) {
+  if (!f) return badArgument(err, "facade must not be NULL");
+  return guarded(err, [&]() { f->facade.streamReset(id); });
+}
+
+int logos_p2p_stream_release(logos_p2p_facade* f, uint64_t id, logos_p2p_error* err) {
+  if (!f) return badArgument(err, "facade must not be NULL");
+  return guarded(err, [&]() { f->facade.streamRelease(id); });
+}
+
+int logos_p2p_next_event(logos_p2p_facade* f, uint32_t timeout_ms, logos_p2p_event* event, logos_p2p_error* err) {
+  if (!f || !event) return badArgument(err, "facade and event must not be NULL");
+  std::memset(event, 0, sizeof(*event));
+  return guarded(err, [&]() {
+    auto ev = f->facade.nextEvent(timeout_ms);
+    if (!ev) return;
+    using T = logos::p2p::FacadeEvent::Type;
+    event->type = ev->type == T::protocolStream ? LOGOS_P2P_EVENT_PROTOCOL_STREAM
+                  : ev->type == T::streamReset  ? LOGOS_P2P_EVENT_STREAM_RESET
+                  : ev->type == T::nodeShutdown ? LOGOS_P2P_EVENT_NODE_SHUTDOWN
+                                                : LOGOS_P2P_EVENT_DISCONNECTED;
+    event->stream_id = ev->streamId;
+    event->cause = static_cast<int>(ev->cause);
+    if (ev->type == T::protocolStream) {
+      event->proto = dupString(ev->proto);
+      event->peer_id = dupString(ev->peerId);
+      event->remote_addr = dupString(ev->remoteAddr);
+    } else {
+      event->message = dupString(ev->message);
+    }
+  });
+}
+
+void logos_p2p_event_clear(logos_p2p_event* event) {
+  if (!event) return;
+  std::free(event->proto);
+  std::free(event->peer_id);
+  std::free(event->remote_addr);
+  std::free(event->message);
+  std::memset(event, 0, sizeof(*event));
+}
+
+void logos_p2p_free(void* p) { std::free(p); }
+
+}  // extern "C"

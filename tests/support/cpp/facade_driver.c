@@ -1,0 +1,260 @@
+/* Drives the C ABI (logos_p2p.h) from a line protocol, for tests/test_cpp.py.
+ *
+ *   logos-p2p-facade-driver unix:SOCKET
+ *
+ * Prints "ready <node peer id>", then reads commands "<tag> <command> <args...>" on stdin,
+ * each run on a thread of its own (so calls are concurrent, and one may block while others
+ * go on), and answers "<tag> ok <results...>" or "<tag> err <code> <cause> <message>".
+ * Bytes are hex ("-" for none). Commands:
+ *   mount PROTO | unmount PROTO | dial PEER PROTO ADDR TIMEOUT -> ID
+ *   read ID MAX TIMEOUT | readexactly ID N TIMEOUT | readlp ID MAX TIMEOUT -> HEX ("-" = EOF)
+ *   readall ID TIMEOUT -> HEX (until end of stream)
+ *   write ID HEX TIMEOUT | writelp ID HEX TIMEOUT | closewrite ID TIMEOUT | close ID TIMEOUT
+ *   reset ID | release ID
+ *   event TIMEOUT -> none | protocolStream ID PROTO PEER ADDR | streamReset ID CAUSE
+ *                    | nodeShutdown | disconnected
+ *   quit (after the commands in progress): frees the facade, exits 0. So does end of input.
+ */
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "logos_p2p.h"
+
+static logos_p2p_facade* facade;
+static pthread_mutex_t out_lock = PTHREAD_MUTEX_INITIALIZER;
+static pthread_mutex_t count_lock = PTHREAD_MUTEX_INITIALIZER;
+static pthread_cond_t count_cv = PTHREAD_COND_INITIALIZER;
+static int running;
+
+static void reply(const char* tag, const char* text) {
+  pthread_mutex_lock(&out_lock);
+  printf("%s %s\n", tag, text);
+  fflush(stdout);
+  pthread_mutex_unlock(&out_lock);
+}
+
+static void reply_error(const char* tag, const logos_p2p_error* err) {
+  size_t n = strlen(err->message) + 128;
+  char* line = malloc(n);
+  char* p;
+  snprintf(line, n, "err %s %s %s", logos_p2p_code_name(err->code), logos_p2p_cause_name(err->cause), err->message);
+  for (p = line; *p; ++p)
+    if (*p == '\n') *p = ' ';
+  reply(tag, line);
+  free(line);
+}
+
+static char* to_hex(const uint8_t* data, size_t len) {
+  static const char digits[] = "0123456789abcdef";
+  char* out = malloc(len * 2 + 2);
+  size_t i;
+  if (len == 0) {
+    strcpy(out, "-");
+    return out;
+  }
+  for (i = 0; i < len; ++i) {
+    out[2 * i] = digits[data[i] >> 4];
+    out[2 * i + 1] = digits[data[i] & 15];
+  }
+  out[2 * len] = '\0';
+  return out;
+}
+
+static int nibble(char c) {
+  if (c >= '0' && c <= '9') return c - '0';
+  if (c >= 'a' && c <= 'f') return c - 'a' + 10;
+  return -1;
+}
+
+static uint8_t* from_hex(const char* hex, size_t* len) {
+  size_t n = strcmp(hex, "-") == 0 ? 0 : strlen(hex) / 2, i;
+  uint8_t* out = malloc(n + 1);
+  for (i = 0; i < n; ++i) out[i] = (uint8_t)(nibble(hex[2 * i]) << 4 | nibble(hex[2 * i + 1]));
+  *len = n;
+  return out;
+}
+
+static void reply_bytes(const char* tag, uint8_t* data, size_t len) {
+  char* hex = to_hex(data, len);
+  char* line = malloc(strlen(hex) + 4);
+  sprintf(line, "ok %s", hex);
+  reply(tag, line);
+  free(line);
+  free(hex);
+  logos_p2p_free(data);
+}
+
+#define MAX_ARGS 8
+
+struct command {
+  char* line; /* owns the strings below */
+  char* tag;
+  char* argv[MAX_ARGS];
+  int argc;
+};
+
+static uint64_t num(const char* s) { return s ? strtoull(s, NULL, 10) : 0; }
+
+static void run(struct command* c) {
+  logos_p2p_error err;
+  const char* cmd = c->argc > 0 ? c->argv[0] : "";
+  char** a = c->argv;
+  char buf[1024];
+  uint8_t* data = NULL;
+  size_t len = 0;
+  int rc = -1;
+  memset(&err, 0, sizeof err);
+  if (strcmp(cmd, "mount") == 0 && c->argc == 2) {
+    rc = logos_p2p_mount_protocol(facade, a[1], &err);
+  } else if (strcmp(cmd, "unmount") == 0 && c->argc == 2) {
+    rc = logos_p2p_unmount_protocol(facade, a[1], &err);
+  } else if (strcmp(cmd, "dial") == 0 && c->argc == 5) {
+    uint64_t id = 0;
+    const char* addrs[1];
+    addrs[0] = a[3];
+    rc = logos_p2p_dial(facade, a[1], a[2], addrs, 1, (uint32_t)num(a[4]), &id, &err);
+    if (rc == 0) {
+      snprintf(buf, sizeof buf, "ok %llu", (unsigned long long)id);
+      reply(c->tag, buf);
+      return;
+    }
+  } else if (strcmp(cmd, "read") == 0 && c->argc == 4) {
+    rc = logos_p2p_stream_read(facade, num(a[1]), (size_t)num(a[2]), (uint32_t)num(a[3]), &data, &len, &err);
+    if (rc == 0) return reply_bytes(c->tag, data, len);
+  } else if (strcmp(cmd, "readexactly") == 0 && c->argc == 4) {
+    rc = logos_p2p_stream_read_exactly(facade, num(a[1]), (size_t)num(a[2]), (uint32_t)num(a[3]), &data, &len, &err);
+    if (rc == 0) return reply_bytes(c->tag, data, len);
+  } else if (strcmp(cmd, "readlp") == 0 && c->argc == 4) {
+    rc = logos_p2p_stream_read_lp(facade, num(a[1]), (uint32_t)num(a[2]), (uint32_t)num(a[3]), &data, &len, &err);
+    if (rc == 0) return reply_bytes(c->tag, data, len);
+  } else if (strcmp(cmd, "readall") == 0 && c->argc == 3) {
+    uint8_t* all = malloc(1);
+    size_t total = 0;
+    while ((rc = logos_p2p_stream_read(facade, num(a[1]), 65536, (uint32_t)num(a[2]), &data, &len, &err)) == 0 &&
+           len > 0) {
+      all = realloc(all, total + len);
+      memcpy(all + total, data, len);
+      total += len;
+      logos_p2p_free(data);
+    }
+    if (rc == 0) {
+      logos_p2p_free(data);
+      return reply_bytes(c->tag, all, total);
+    }
+    free(all);
+  } else if ((strcmp(cmd, "write") == 0 || strcmp(cmd, "writelp") == 0) && c->argc == 4) {
+    uint8_t* bytes = from_hex(a[2], &len);
+    rc = strcmp(cmd, "write") == 0 ? logos_p2p_stream_write(facade, num(a[1]), bytes, len, (uint32_t)num(a[3]), &err)
+                                   : logos_p2p_stream_write_lp(facade, num(a[1]), bytes, len, (uint32_t)num(a[3]), &err);
+    free(bytes);
+  } else if (strcmp(cmd, "closewrite") == 0 && c->argc == 3) {
+    rc = logos_p2p_stream_close_with_eof(facade, num(a[1]), (uint32_t)num(a[2]), &err);
+  } else if (strcmp(cmd, "close") == 0 && c->argc == 3) {
+    rc = logos_p2p_stream_close(facade, num(a[1]), (uint32_t)num(a[2]), &err);
+  } else if (strcmp(cmd, "reset") == 0 && c->argc == 2) {
+    rc = logos_p2p_stream_reset(facade, num(a[1]), &err);
+  } else if (strcmp(cmd, "release") == 0 && c->argc == 2) {
+    rc = logos_p2p_stream_release(facade, num(a[1]), &err);
+  } else if (strcmp(cmd, "event") == 0 && c->argc == 2) {
+    logos_p2p_event ev;
+    rc = logos_p2p_next_event(facade, (uint32_t)num(a[1]), &ev, &err);
+    if (rc == 0) {
+      switch (ev.type) {
+        case LOGOS_P2P_EVENT_PROTOCOL_STREAM:
+          snprintf(buf, sizeof buf, "ok protocolStream %llu %s %s %s", (unsigned long long)ev.stream_id, ev.proto,
+                   ev.peer_id, ev.remote_addr[0] ? ev.remote_addr : "-");
+          break;
+        case LOGOS_P2P_EVENT_STREAM_RESET:
+          snprintf(buf, sizeof buf, "ok streamReset %llu %s", (unsigned long long)ev.stream_id,
+                   logos_p2p_cause_name(ev.cause));
+          break;
+        case LOGOS_P2P_EVENT_NODE_SHUTDOWN: snprintf(buf, sizeof buf, "ok nodeShutdown"); break;
+        case LOGOS_P2P_EVENT_DISCONNECTED: snprintf(buf, sizeof buf, "ok disconnected"); break;
+        default: snprintf(buf, sizeof buf, "ok none");
+      }
+      logos_p2p_event_clear(&ev);
+      reply(c->tag, buf);
+      return;
+    }
+  } else {
+    reply(c->tag, "err invalidArgument protocolError unknown command or wrong arguments");
+    return;
+  }
+  if (rc == 0)
+    reply(c->tag, "ok");
+  else
+    reply_error(c->tag, &err);
+}
+
+static void* worker(void* arg) {
+  struct command* c = arg;
+  run(c);
+  free(c->line);
+  free(c);
+  pthread_mutex_lock(&count_lock);
+  --running;
+  pthread_cond_broadcast(&count_cv);
+  pthread_mutex_unlock(&count_lock);
+  return NULL;
+}
+
+static void wait_idle(void) {
+  pthread_mutex_lock(&count_lock);
+  while (running > 0) pthread_cond_wait(&count_cv, &count_lock);
+  pthread_mutex_unlock(&count_lock);
+}
+
+int main(int argc, char** argv) {
+  logos_p2p_error err;
+  char* peer = NULL;
+  char* line = NULL;
+  size_t cap = 0;
+  ssize_t got;
+  if (argc < 2) {
+    fprintf(stderr, "usage: %s unix:SOCKET\n", argv[0]);
+    return 2;
+  }
+  if (logos_p2p_facade_new(argv[1], "cpp-driver", &facade, &err) != 0 || logos_p2p_peer_id(facade, &peer, &err) != 0) {
+    printf("failed %s %s\n", logos_p2p_code_name(err.code), err.message);
+    return 1;
+  }
+  printf("ready %s\n", peer);
+  fflush(stdout);
+  logos_p2p_free(peer);
+  while ((got = getline(&line, &cap, stdin)) > 0) {
+    struct command* c = calloc(1, sizeof *c);
+    char* save = NULL;
+    char* tok;
+    pthread_t thread;
+    if (line[got - 1] == '\n') line[got - 1] = '\0';
+    c->line = strdup(line);
+    c->tag = strtok_r(c->line, " ", &save);
+    if (!c->tag) {
+      free(c->line);
+      free(c);
+      continue;
+    }
+    while ((tok = strtok_r(NULL, " ", &save)) && c->argc < MAX_ARGS) c->argv[c->argc++] = tok;
+    if (c->argc == 1 && strcmp(c->argv[0], "quit") == 0) {
+      free(c->line);
+      free(c);
+      break;
+    }
+    pthread_mutex_lock(&count_lock);
+    ++running;
+    pthread_mutex_unlock(&count_lock);
+    if (pthread_create(&thread, NULL, worker, c) != 0) {
+      fprintf(stderr, "pthread_create failed\n");
+      return 1;
+    }
+    pthread_detach(thread);
+  }
+  free(line);
+  wait_idle();
+  logos_p2p_facade_free(facade);
+  printf("bye\n");
+  fflush(stdout);
+  return 0;
+}

@@ -1,0 +1,619 @@
+"""The C++ client (clients/cpp): its binaries, each a process of its own, against a node the
+test started, with an in-process py-libp2p peer on the other side.
+
+The CMake project is built once per session into a temporary directory (skipped, naming the
+Debian packages, when Cap'n Proto's compiler or headers are missing). Three programs:
+
+* ``cpp-echo-module`` (examples/cpp-echo): mounts /echo/1.0.0 through the facade, echoes
+  every inbound stream on a thread of its own;
+* ``cpp-echo-dial`` (examples/cpp-echo): dials a peer, writes, half-closes, reads it back;
+* ``logos-p2p-facade-driver`` (tests/support/cpp): the C ABI, driven command by command over
+  a line protocol; every command runs on a thread of its own, so calls overlap;
+* ``logos-p2p-unary-check`` (tests/support/cpp): the asynchronous C++ API on one kj loop, no
+  facade: Node.request, Node.serve, a dropped Stream.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import itertools
+import os
+import shutil
+import signal
+import subprocess
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+import trio
+
+from logos_p2p._frames import lp_frame
+from logos_p2p.errors import StreamReset
+from logos_p2p.server import _libp2p
+
+from .conftest import eventually, node_status
+from .support import peer as p
+from .support.modproc import ROOT
+
+MIB = 1024 * 1024
+ECHO = "/echo/1.0.0"
+DEBIAN_PACKAGES = "capnproto libcapnp-dev cmake g++"
+
+
+# -- the build -----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Binaries:
+    module: Path
+    dial: Path
+    driver: Path
+    unary: Path
+    seconds: float  # the clean build's wall time
+
+
+@pytest.fixture(scope="session")
+def cpp(tmp_path_factory: pytest.TempPathFactory) -> Binaries:
+    missing = [tool for tool in ("capnp", "capnpc-c++", "cmake", "g++") if shutil.which(tool) is None]
+    if not Path("/usr/include/capnp/rpc-twoparty.h").exists():
+        missing.append("capnp headers")
+    if missing:
+        pytest.skip(f"the C++ client needs {', '.join(missing)}: apt-get install {DEBIAN_PACKAGES}")
+    build = tmp_path_factory.mktemp("cpp-build")
+    started = time.monotonic()
+    for argv in (
+        ["cmake", "-S", str(ROOT / "clients" / "cpp"), "-B", str(build), "-DCMAKE_BUILD_TYPE=RelWithDebInfo"],
+        ["cmake", "--build", str(build), "-j", str(os.cpu_count() or 2)],
+    ):
+        result = subprocess.run(argv, capture_output=True, text=True, timeout=600)
+        assert result.returncode == 0, f"{' '.join(argv)} failed:\n{result.stdout[-4000:]}\n{result.stderr[-4000:]}"
+    return Binaries(
+        module=build / "examples" / "cpp-echo" / "cpp-echo-module",
+        dial=build / "examples" / "cpp-echo" / "cpp-echo-dial",
+        driver=build / "tests" / "support" / "cpp" / "logos-p2p-facade-driver",
+        unary=build / "tests" / "support" / "cpp" / "logos-p2p-unary-check",
+        seconds=time.monotonic() - started,
+    )
+
+
+# -- processes -----------------------------------------------------------------------------------
+
+
+class Lines:
+    """A process's stdout, line by line."""
+
+    def __init__(self, proc: trio.Process) -> None:
+        assert proc.stdout is not None
+        self._stdout = proc.stdout
+        self._buf = b""
+
+    async def line(self, timeout: float = 20) -> str:
+        with trio.fail_after(timeout):
+            while b"\n" not in self._buf:
+                chunk = await self._stdout.receive_some(1 << 20)
+                if not chunk:
+                    raise EOFError(f"the process's output ended: {self._buf!r}")
+                self._buf += chunk
+        line, self._buf = self._buf.split(b"\n", 1)
+        return line.decode()
+
+
+@pytest.fixture
+async def processes(tmp_path: Path) -> AsyncIterator[Any]:
+    """Start processes (stdout piped, stderr to a file); each is killed by its PID afterwards."""
+    started: list[trio.Process] = []
+
+    async def start(*argv: str | Path, stdin: bool = False, env: dict[str, str] | None = None) -> trio.Process:
+        with (tmp_path / f"proc{len(started)}.log").open("wb") as log:
+            proc = await trio.lowlevel.open_process(
+                [str(a) for a in argv],
+                stdout=subprocess.PIPE,
+                stdin=subprocess.PIPE if stdin else subprocess.DEVNULL,
+                stderr=log,
+                env={**os.environ, **(env or {})},
+            )
+        started.append(proc)
+        return proc
+
+    try:
+        yield start
+    finally:
+        for proc in started:
+            if proc.returncode is None:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(proc.pid, signal.SIGKILL)
+            with trio.move_on_after(5):
+                await proc.wait()
+
+
+class CppError(Exception):
+    def __init__(self, code: str, cause: str, message: str) -> None:
+        super().__init__(f"{code} ({cause}): {message}")
+        self.code = code
+        self.cause = cause
+
+
+class Driver:
+    """The facade driver: ``await call("read", id, 10, 1000)``, or ``start(...)`` for a call
+    that blocks while others go on."""
+
+    def __init__(self, proc: trio.Process, lines: Lines, nursery: trio.Nursery) -> None:
+        self.proc = proc
+        self._lines = lines
+        self._tags = itertools.count()
+        self._pending: dict[str, trio.MemorySendChannel[str]] = {}
+        self._outbox: list[bytes] = []
+        self._wake = trio.Event()
+        self.closed = trio.Event()
+        nursery.start_soon(self._reader)
+        nursery.start_soon(self._writer)
+
+    async def _reader(self) -> None:
+        try:
+            while True:
+                line = await self._lines.line(timeout=3600)
+                tag, _, rest = line.partition(" ")
+                channel = self._pending.pop(tag, None)
+                if channel is not None:
+                    channel.send_nowait(rest)
+        except EOFError:
+            pass
+        finally:
+            self.closed.set()
+            for channel in self._pending.values():
+                channel.send_nowait("err exited protocolError the driver exited")
+
+    def start(self, *args: Any) -> trio.MemoryReceiveChannel[str]:
+        tag = f"t{next(self._tags)}"
+        send, receive = trio.open_memory_channel[str](1)
+        self._pending[tag] = send
+        self._stdin_line(f"{tag} {' '.join(str(a) for a in args)}\n")
+        return receive
+
+    def _stdin_line(self, line: str) -> None:
+        self._outbox.append(line.encode())
+        self._wake.set()
+
+    async def _writer(self) -> None:
+        assert self.proc.stdin is not None
+        while True:
+            await self._wake.wait()
+            self._wake = trio.Event()
+            while self._outbox:
+                await self.proc.stdin.send_all(self._outbox.pop(0))
+
+    @staticmethod
+    async def result(pending: trio.MemoryReceiveChannel[str], timeout: float = 20) -> list[str]:
+        with trio.fail_after(timeout):
+            answer = await pending.receive()
+        status, _, rest = answer.partition(" ")
+        if status == "err":
+            code, cause, message = [*rest.split(" ", 2), "", ""][:3]
+            raise CppError(code, cause, message)
+        return rest.split(" ") if rest else []
+
+    async def call(self, *args: Any, timeout: float = 20) -> list[str]:
+        return await self.result(self.start(*args), timeout)
+
+    async def event(self, timeout_ms: int = 10000) -> list[str]:
+        return await self.call("event", timeout_ms, timeout=timeout_ms / 1000 + 10)
+
+    async def accept(self, proto: str) -> int:
+        """The next event is a protocolStream of ``proto``: its stream id."""
+        event = await self.event()
+        assert event[0] == "protocolStream" and event[2] == proto, event
+        return int(event[1])
+
+
+@pytest.fixture
+async def driver_factory(cpp: Binaries, processes: Any, nursery: trio.Nursery) -> Any:
+    async def make(node: Any) -> Driver:
+        proc = await processes(cpp.driver, node.rpc, stdin=True)
+        lines = Lines(proc)
+        ready = await lines.line()
+        assert ready == f"ready {node.peer_id}", ready
+        return Driver(proc, lines, nursery)
+
+    return make
+
+
+@pytest.fixture
+async def driver(driver_factory: Any, node: Any) -> Driver:
+    return await driver_factory(node)
+
+
+async def echo_module(cpp: Binaries, processes: Any, node: Any) -> tuple[trio.Process, Lines]:
+    proc = await processes(cpp.module, node.rpc)
+    lines = Lines(proc)
+    assert await lines.line() == f"ready {node.peer_id}"
+    return proc, lines
+
+
+def sha(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def negotiation_failed(exc: BaseException) -> bool:
+    chain: BaseException | None = exc
+    while chain is not None:
+        if type(chain).__name__ == "MultiselectClientError":
+            return True
+        chain = chain.__cause__
+    return False
+
+
+def peer_addr(peer: p.Peer) -> str:
+    return peer.addr if "/p2p/" in peer.addr else f"{peer.addr}/p2p/{peer.peer_id}"
+
+
+async def resets(node: Any, cause: str) -> int:
+    status = await node_status(node.rpc)
+    return sum(r["count"] for r in status["resets"] if r["cause"] == cause)
+
+
+async def read_frame(stream: Any) -> bytes:
+    """One uvarint length-prefixed frame, read by the peer."""
+    size, shift = 0, 0
+    while True:
+        byte = (await p.read_exactly(stream, 1))[0]
+        size |= (byte & 0x7F) << shift
+        shift += 7
+        if not byte & 0x80:
+            break
+    return await p.read_exactly(stream, size) if size else b""
+
+
+# -- the cells -------------------------------------------------------------------------------------
+
+
+def test_the_build_reports_its_time(cpp: Binaries) -> None:
+    assert cpp.module.exists() and cpp.dial.exists() and cpp.driver.exists()
+    print(f"clean CMake build of clients/cpp: {cpp.seconds:.1f} s")
+
+
+async def test_the_echo_module_echoes_one_mebibyte_inbound(cpp, processes, node, peer) -> None:
+    _, lines = await echo_module(cpp, processes, node)
+    data = os.urandom(MIB)
+    stream = await peer.open(node.addr, [ECHO])
+    got: dict[str, bytes] = {}
+
+    async def send() -> None:
+        for off in range(0, len(data), 65536):
+            await _libp2p.write(stream, data[off : off + 65536])
+        await _libp2p.close_write(stream)
+
+    async def receive() -> None:
+        got["data"] = await p.read_all(stream, timeout=30)
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(send)
+        nursery.start_soon(receive)
+    assert len(got["data"]) == MIB
+    assert sha(got["data"]) == sha(data)
+    assert await lines.line() == f"echoed {MIB} bytes"
+
+
+async def test_the_echo_module_serves_eight_streams_at_once_one_thread_each(cpp, processes, node, peer) -> None:
+    _, lines = await echo_module(cpp, processes, node)
+    payloads = [os.urandom(128 * 1024 + i) for i in range(8)]
+    back: dict[int, bytes] = {}
+
+    async def one(i: int) -> None:
+        stream = await peer.open(node.addr, [ECHO])
+        await _libp2p.write(stream, payloads[i])
+        await _libp2p.close_write(stream)
+        back[i] = await p.read_all(stream, timeout=30)
+
+    async with trio.open_nursery() as nursery:
+        for i in range(8):
+            nursery.start_soon(one, i)
+    assert [sha(back[i]) for i in range(8)] == [sha(x) for x in payloads]
+    echoed = sorted([await lines.line() for _ in range(8)])
+    assert echoed == sorted(f"echoed {len(x)} bytes" for x in payloads)
+
+
+async def test_the_dialer_echoes_through_a_py_libp2p_peer(cpp, processes, node, peer) -> None:
+    peer.serve_echo(ECHO)
+    message = "hello from c++ " * 1000
+    proc = await processes(cpp.dial, node.rpc, peer_addr(peer), message)
+    lines = Lines(proc)
+    assert await lines.line() == f"got {len(message)} bytes: {message}"
+    with trio.fail_after(10):
+        assert await proc.wait() == 0
+
+
+async def test_the_dialer_reports_a_peer_without_the_protocol(cpp, processes, node, peer) -> None:
+    proc = await processes(cpp.dial, node.rpc, peer_addr(peer), "hi")
+    line = await Lines(proc).line()
+    assert line.startswith("error protocolNotSupported: "), line
+    with trio.fail_after(10):
+        assert await proc.wait() == 1
+
+
+async def test_length_prefixed_frames_both_ways(driver, node, peer) -> None:
+    proto = "/cpp/lp/1.0.0"
+    await driver.call("mount", proto)
+    stream = await peer.open(node.addr, [proto])
+    sid = await driver.accept(proto)
+    frames = [b"", b"a", os.urandom(300), os.urandom(70000)]
+    await _libp2p.write(stream, b"".join(lp_frame(f) for f in frames))
+    for frame in frames:
+        [got] = await driver.call("readlp", sid, MIB, 5000)
+        assert (bytes.fromhex(got) if got != "-" else b"") == frame
+        await driver.call("writelp", sid, frame.hex() or "-", 5000)
+    for frame in frames:
+        assert await read_frame(stream) == frame
+
+    await _libp2p.write(stream, lp_frame(b"x" * 100))
+    with pytest.raises(CppError) as info:
+        await driver.call("readlp", sid, 10, 5000)
+    assert info.value.code == "frameTooLarge"
+    [got] = await driver.call("readlp", sid, 1000, 5000)  # the frame stayed unread
+    assert bytes.fromhex(got) == b"x" * 100
+
+    await _libp2p.write(stream, b"\x05ab")  # a frame cut short by the half-close
+    await _libp2p.close_write(stream)
+    with pytest.raises(CppError) as info:
+        await driver.call("readlp", sid, 1000, 5000)
+    assert info.value.code == "endOfStream"
+    await driver.call("close", sid, 5000)
+
+
+async def test_a_timed_out_read_loses_nothing_and_two_reads_are_busy(driver, node, peer) -> None:
+    proto = "/cpp/timeout/1.0.0"
+    await driver.call("mount", proto)
+    stream = await peer.open(node.addr, [proto])
+    sid = await driver.accept(proto)
+    with pytest.raises(CppError) as info:
+        await driver.call("read", sid, 100, 200)
+    assert info.value.code == "timeout"
+    # two reads at once, from two driver threads: whichever reaches the loop second is busy
+    outcomes: list[Any] = []
+    first_answer = trio.Event()
+
+    async def read_one() -> None:
+        try:
+            outcomes.append(await driver.call("read", sid, 100, 0))
+        except CppError as exc:
+            outcomes.append(exc.code)
+        first_answer.set()
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(read_one)
+        nursery.start_soon(read_one)
+        with trio.fail_after(10):
+            await first_answer.wait()
+        assert outcomes == ["busy"]  # the other is pending: nothing to read yet
+        await _libp2p.write(stream, b"abc")
+    assert outcomes == ["busy", [b"abc".hex()]]  # the timed-out read lost nothing either
+    await driver.call("closewrite", sid, 5000)
+    assert await p.read_all(stream) == b""
+    await _libp2p.close_write(stream)
+    assert await driver.call("read", sid, 100, 5000) == ["-"]  # end of stream
+    await driver.call("close", sid, 5000)
+
+
+async def test_a_remote_reset_is_a_reset_not_an_end_of_stream(driver, node, peer) -> None:
+    proto = "/cpp/reset/1.0.0"
+    await driver.call("mount", proto)
+    stream = await peer.open(node.addr, [proto])
+    sid = await driver.accept(proto)
+    await _libp2p.write(stream, b"x")
+    assert await driver.call("read", sid, 100, 5000) == [b"x".hex()]
+    blocked = driver.start("read", sid, 100, 0)
+    await stream.reset()
+    with pytest.raises(CppError) as info:
+        await driver.result(blocked, timeout=5)
+    assert (info.value.code, info.value.cause) == ("streamReset", "remoteReset")
+    assert await driver.event() == ["streamReset", str(sid), "remoteReset"]
+    for op in (("read", sid, 100, 5000), ("write", sid, "00", 5000)):  # it stays reset
+        with pytest.raises(CppError) as info:
+            await driver.call(*op)
+        assert info.value.code == "streamReset"
+    await driver.call("release", sid)
+
+
+async def test_a_killed_module_resets_its_stream_within_a_second_and_is_unmounted(cpp, processes, node, peer) -> None:
+    module, _ = await echo_module(cpp, processes, node)
+    stream = await peer.open(node.addr, [ECHO])
+    await _libp2p.write(stream, b"ping")
+    assert await p.read_exactly(stream, 4) == b"ping"  # mid-stream: the module holds it
+    started = trio.current_time()
+    os.kill(module.pid, signal.SIGKILL)
+    with pytest.raises(StreamReset):
+        await p.read_all(stream, timeout=1)
+    assert trio.current_time() - started < 1.0
+    assert p.reset_recorded(stream)
+    with pytest.raises(Exception) as info:
+        await peer.open(node.addr, [ECHO])
+    assert negotiation_failed(info.value), info.value
+
+
+async def test_a_released_stream_is_reset_at_the_peer_both_directions(driver, node, peer) -> None:
+    proto = "/cpp/drop/1.0.0"
+    await driver.call("mount", proto)
+    before = await resets(node, "capabilityDropped")
+    inbound = await peer.open(node.addr, [proto])
+    sid = await driver.accept(proto)
+    await driver.call("release", sid)
+    with pytest.raises(StreamReset):
+        await p.read_all(inbound, timeout=2)
+    assert p.reset_recorded(inbound)
+
+    accepted = peer.serve(proto)
+    [oid] = await driver.call("dial", peer.peer_id, proto, peer_addr(peer), 10000)
+    with trio.fail_after(10):
+        outbound = await accepted.receive()
+    await driver.call("release", oid)
+    with pytest.raises(StreamReset):
+        await p.read_all(outbound, timeout=2)
+    with pytest.raises(CppError) as info:  # the id is gone
+        await driver.call("read", oid, 10, 1000)
+    assert info.value.code == "invalidArgument"
+
+    async def counted() -> bool:
+        return await resets(node, "capabilityDropped") == before + 2
+
+    await eventually(counted)
+
+
+async def test_node_sigterm_reports_shutdown_and_returns_blocked_calls(driver, node, peer) -> None:
+    proto = "/cpp/term/1.0.0"
+    await driver.call("mount", proto)
+    await peer.open(node.addr, [proto])
+    sid = await driver.accept(proto)
+    blocked_read = driver.start("read", sid, 100, 0)
+    blocked_event = driver.start("event", 0)
+    node.terminate()
+    with pytest.raises(CppError) as info:
+        await driver.result(blocked_read, timeout=10)
+    assert info.value.code == "nodeShutdown", info.value
+    events = [await driver.result(blocked_event, timeout=10)]
+    while events[-1] != ["nodeShutdown"]:
+        events.append(await driver.event())
+    assert events in ([["nodeShutdown"]], [["streamReset", str(sid), "nodeShutdown"], ["nodeShutdown"]]), events
+    with pytest.raises(CppError) as info:  # after the last event
+        await driver.event(1000)
+    assert info.value.code == "nodeShutdown"
+    with pytest.raises(CppError) as info:
+        await driver.call("mount", "/cpp/after/1.0.0")
+    assert info.value.code == "nodeShutdown"
+    assert node.proc.wait(timeout=10) == 0  # the node exits gracefully
+    driver.start("quit")
+    with trio.fail_after(10):
+        assert await driver.proc.wait() == 0
+
+
+async def test_the_facade_from_many_threads_at_once(driver, node, peer) -> None:
+    inbound_proto, outbound_proto = "/cpp/many-in/1.0.0", "/cpp/many-out/1.0.0"
+    peer.serve_echo(outbound_proto)
+    await driver.call("mount", inbound_proto)
+    payloads = [os.urandom(16 * 1024 + i) for i in range(6)]
+    streams: list[Any] = []
+    async with trio.open_nursery() as nursery:  # six inbound streams, opened together
+
+        async def open_one() -> None:
+            streams.append(await peer.open(node.addr, [inbound_proto]))
+
+        for _ in range(6):
+            nursery.start_soon(open_one)
+    ids = sorted([await driver.accept(inbound_proto) for _ in range(6)])
+    assert ids == list(range(1, 7))
+    info = {}
+    for s in streams:  # match the driver's ids to the peer's streams by what they carry
+        await _libp2p.write(s, payloads[streams.index(s)])
+        await _libp2p.close_write(s)
+    got: dict[int, bytes] = {}
+    echoed: dict[int, bytes] = {}
+
+    async def serve(sid: int) -> None:  # read all, echo it, half-close: on one driver thread each
+        [hex_data] = await driver.call("readall", sid, 10000)
+        got[sid] = bytes.fromhex(hex_data)
+        await driver.call("write", sid, hex_data, 10000)
+        await driver.call("closewrite", sid, 10000)
+
+    async def dial(i: int) -> None:  # meanwhile, outbound streams through the peer's echo
+        [oid] = await driver.call("dial", peer.peer_id, outbound_proto, peer_addr(peer), 10000)
+        data = payloads[i]
+        await driver.call("write", oid, data.hex(), 10000)
+        await driver.call("closewrite", oid, 10000)
+        [back] = await driver.call("readall", oid, 10000)
+        echoed[i] = bytes.fromhex(back)
+        await driver.call("close", oid, 10000)
+
+    async with trio.open_nursery() as nursery:
+        for sid in ids:
+            nursery.start_soon(serve, sid)
+        for i in range(4):
+            nursery.start_soon(dial, i)
+        for s in streams:
+
+            async def back(s: Any = s) -> None:
+                info[streams.index(s)] = await p.read_all(s)
+
+            nursery.start_soon(back)
+    assert sorted(sha(x) for x in got.values()) == sorted(sha(x) for x in payloads)
+    assert [info[i] for i in range(6)] == payloads
+    assert [echoed[i] for i in range(4)] == payloads[:4]
+    for sid in ids:
+        await driver.call("close", sid, 5000)
+
+    async def idle() -> bool:
+        return (await node_status(node.rpc))["streams"] == 0
+
+    await eventually(idle)
+
+
+# -- the asynchronous API, without the facade --------------------------------------------------------
+
+
+async def test_request_and_serve_of_the_async_api(cpp, processes, node, peer) -> None:
+    async def answer(stream: Any) -> None:
+        question = await read_frame(stream)
+        await _libp2p.write(stream, lp_frame(b"re: " + question))
+        await _libp2p.close_write(stream)
+
+    peer.host.set_stream_handler("/cpp/ask/1.0.0", answer)
+    asking = await processes(cpp.unary, node.rpc, "request", peer_addr(peer), "/cpp/ask/1.0.0", "question")
+    assert await Lines(asking).line() == "reply re: question"
+    with trio.fail_after(10):
+        assert await asking.wait() == 0
+
+    serving = await processes(cpp.unary, node.rpc, "serve", "/cpp/answer/1.0.0")
+    lines = Lines(serving)
+    assert (await lines.line()).startswith("ready ")
+    stream = await peer.open(node.addr, ["/cpp/answer/1.0.0"])
+    await _libp2p.write(stream, lp_frame(b"q1"))
+    assert await read_frame(stream) == b"answer to q1"
+    assert await p.read_all(stream) == b""  # then the node closes it
+    assert await lines.line() == f"served q1 from {peer.peer_id}"
+    failing = await peer.open(node.addr, ["/cpp/answer/1.0.0"])
+    await _libp2p.write(failing, lp_frame(b"fail"))
+    with pytest.raises(StreamReset):  # the responder failed: that stream is reset
+        await p.read_all(failing, timeout=5)
+    assert await lines.line() == f"served fail from {peer.peer_id}"
+
+
+async def test_a_dropped_stream_of_the_async_api_is_reset_at_the_peer(cpp, processes, node, peer) -> None:
+    accepted = peer.serve("/cpp/dropped/1.0.0")
+    before = await resets(node, "capabilityDropped")
+    proc = await processes(cpp.unary, node.rpc, "drop", peer_addr(peer), "/cpp/dropped/1.0.0")
+    assert await Lines(proc).line() == "dropped"
+    with trio.fail_after(10):
+        stream = await accepted.receive()
+    with pytest.raises(StreamReset):
+        await p.read_all(stream, timeout=2)
+
+    async def counted() -> bool:
+        return await resets(node, "capabilityDropped") == before + 1
+
+    await eventually(counted)
+
+
+# -- tcp: endpoints, with the token exchange -----------------------------------------------------
+
+
+async def test_a_tcp_endpoint_with_the_token_and_without_it(cpp, processes, node_factory, peer) -> None:
+    node = node_factory(rpc="tcp:127.0.0.1:0")
+    assert node.rpc.startswith("tcp:127.0.0.1:") and node.token_file
+    proc = await processes(cpp.module, node.rpc, env={"LOGOS_P2P_TOKEN_FILE": node.token_file})
+    assert await Lines(proc).line() == f"ready {node.peer_id}"
+    stream = await peer.open(node.addr, [ECHO])
+    await _libp2p.write(stream, b"over tcp")
+    await _libp2p.close_write(stream)
+    assert await p.read_all(stream) == b"over tcp"
+
+    wrong = await processes(cpp.driver, node.rpc, env={"LOGOS_P2P_TOKEN": "not-the-token-0123456789"})
+    line = await Lines(wrong).line()
+    assert line.startswith("failed authenticationFailed "), line
+    with trio.fail_after(10):
+        assert await wrong.wait() == 1
+
+    async def refused_once() -> bool:
+        return (await node_status(node.rpc))["authFailures"] == 1
+
+    await eventually(refused_once)

@@ -90,7 +90,8 @@ CORPUS: list[Case] = [
     _node("register with a NaN accept timeout", _register("/t/1", accept_timeout=float("nan")), InvalidArgument),
     _node("register with a 30-day accept timeout", _register("/t/1", accept_timeout=30 * 24 * HOUR), InvalidArgument),
     # opening streams
-    _node("open to an empty peer id", _open(peer_id=""), InvalidArgument),
+    # (an empty peer id with addresses that end in /p2p/<peer id> is an open to that peer)
+    _node("open to an empty peer id, no address naming one", _open(peer_id="", addrs=[]), InvalidArgument),
     _node("open to a peer id that is garbage", _open(peer_id="QmNotAPeer"), InvalidArgument),
     _node("open to a peer id that is not UTF-8", _open(peer_id="\udcff"), InvalidArgument),
     _node("open with no protocol id", _open(protocols=[]), InvalidArgument),

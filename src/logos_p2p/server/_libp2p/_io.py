@@ -296,10 +296,11 @@ async def wait_ended(net_stream: INetStream) -> None:
         conn, sid = muxed.conn, muxed.stream_id
         while not (muxed.reset_received or conn.event_shutting_down.is_set() or refusal(net_stream)):
             event = conn.stream_events.get(sid)
-            if event is None:  # gone from the muxer's table
+            if event is None:  # gone from the muxer's table: nothing will set its event again
                 if end_cause(net_stream) is not None:
                     return
-                await trio.sleep_forever()
+                await conn.event_shutting_down.wait()  # only the connection's end is left to see
+                return
             if event.is_set():  # an earlier wake-up, already seen: renew it, as yamux's read does
                 event = conn.stream_events[sid] = trio.Event()
             await event.wait()

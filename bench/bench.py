@@ -9,6 +9,10 @@ measures three paths, alternating them round by round (A B C A B C ...):
           process on its control socket (STREAM_HANDLER, balanced=false)
   push, tcp, tls   logos with its modules as a module on another machine runs: on
           the push path, over the unix socket, a tcp: and a tls: endpoint on loopback
+  pull    logos with its Python modules on the pull data path (Stream.read over RPC)
+  cpp     logos with C++ echo modules (examples/cpp-echo, the facade: pull mode, as
+          `pull`), 20 processes sharing the protocol, built with CMake into
+          .cache/bench-cpp; they do not serve /rr/1.0.0 (no request rate row)
 
 Metrics per round:
   rtt_us            median round trip of 32-byte echoes on one stream
@@ -121,13 +125,34 @@ def start_direct() -> Target:
     return target
 
 
+def cpp_echo_module() -> Path:
+    """examples/cpp-echo's module, built (incrementally) into .cache/bench-cpp."""
+    build = ROOT / ".cache" / "bench-cpp"
+    for argv in (
+        ["cmake", "-S", str(ROOT / "clients" / "cpp"), "-B", str(build), "-DCMAKE_BUILD_TYPE=Release"],
+        ["cmake", "--build", str(build), "-j", str(os.cpu_count() or 2), "--target", "cpp-echo-module"],
+    ):
+        result = subprocess.run(argv, capture_output=True, text=True)
+        if result.returncode != 0:
+            raise SystemExit(f"{' '.join(argv)} failed:\n{result.stdout[-2000:]}\n{result.stderr[-2000:]}")
+    return build / "examples" / "cpp-echo" / "cpp-echo-module"
+
+
 def start_logos(
-    workdir: Path, modules: int, name: str = "logos", source: Path | None = None, endpoint: str = "unix"
+    workdir: Path,
+    modules: int,
+    name: str = "logos",
+    source: Path | None = None,
+    endpoint: str = "unix",
+    data_path: str | None = None,
+    cpp: Path | None = None,
 ) -> Target:
     """A node and its echo modules; ``source``: run another checkout's ``src/`` instead;
     ``endpoint``: ``unix`` (the modules take the data path they prefer: socket),
     ``unix-push`` (the push path, as a remote module), ``tcp`` or ``tls`` (on loopback,
-    push: the way a module on another machine connects)."""
+    push: the way a module on another machine connects); ``data_path``: the Python
+    modules' data path instead of the endpoint's; ``cpp``: the C++ echo module's binary,
+    run instead of the Python modules."""
     target = Target(name)
     env = dict(os.environ)
     if source is not None:
@@ -159,7 +184,15 @@ def start_logos(
         env["LOGOS_P2P_TOKEN_FILE"] = ready["token_file"]
     if "tls_fingerprint" in ready:
         env["LOGOS_P2P_FINGERPRINT"] = ready["tls_fingerprint"]
-    path = "auto" if endpoint == "unix" else "push"
+    if cpp is not None:
+        for _ in range(modules):
+            proc = target.spawn([str(cpp), rpc, PROTO, "--share", "--quiet"], env=env)
+            assert proc.stdout is not None
+            if not proc.stdout.readline().startswith(b"ready "):
+                raise RuntimeError(f"{cpp} did not start")
+        target.rr = None  # the C++ echo module does not serve
+        return target
+    path = data_path or ("auto" if endpoint == "unix" else "push")
     for _ in range(modules):
         ready = target.line(target.spawn([sys.executable, str(HERE / "_targets.py"), "module", rpc, path], env=env))
     target.rr = RR if ready.get("serves") else None  # an older checkout's client has no serve
@@ -429,8 +462,12 @@ async def main(args: argparse.Namespace) -> None:
             "push": lambda: start_logos(Path(tmp), 20, "push", endpoint="unix-push"),
             "tcp": lambda: start_logos(Path(tmp), 20, "tcp", endpoint="tcp"),
             "tls": lambda: start_logos(Path(tmp), 20, "tls", endpoint="tls"),
+            "pull": lambda: start_logos(Path(tmp), 20, "pull", data_path="pull"),
             "p2pd": start_p2pd,
         }
+        if "cpp" in paths:
+            module = cpp_echo_module()
+            starters["cpp"] = lambda: start_logos(Path(tmp), 20, "cpp", cpp=module)
         if args.baseline:  # another checkout's node and modules, alternating with this one's
             starters["base"] = lambda: start_logos(Path(tmp), 20, "base", Path(args.baseline).resolve())
             if "base" not in paths:
@@ -484,7 +521,8 @@ if __name__ == "__main__":
         "--paths",
         default="direct,logos,p2pd",
         help="of direct, logos, p2pd, and the remote-module rows: push (unix socket, push path), "
-        "tcp and tls (loopback, push path); `make bench` runs them all",
+        "tcp and tls (loopback, push path); `make bench` runs them all; pull (Python modules on "
+        "the pull path) and cpp (C++ echo modules, pull path): C++ vs Python on the same path",
     )
     parser.add_argument(
         "--node-args", default="", help="more arguments for the logos-p2p node, e.g. '--stream-window 1048576'"

@@ -30,6 +30,7 @@ from typing import Any
 
 import pytest
 import trio
+from libp2p.peer.id import ID
 
 from logos_p2p._frames import lp_frame
 from logos_p2p.errors import StreamReset
@@ -37,7 +38,9 @@ from logos_p2p.server import _libp2p
 
 from .conftest import eventually, node_status
 from .support import peer as p
+from .support.interop import start_peer
 from .support.modproc import ROOT
+from .support.nodeproc import wait_ready
 
 MIB = 1024 * 1024
 ECHO = "/echo/1.0.0"
@@ -592,6 +595,128 @@ async def test_a_dropped_stream_of_the_async_api_is_reset_at_the_peer(cpp, proce
         return await resets(node, "capabilityDropped") == before + 1
 
     await eventually(counted)
+
+
+# -- peer events and request through the facade and its C ABI ------------------------------------------
+
+
+async def subscriptions(node: Any) -> int:
+    return int((await node_status(node.rpc))["subscriptions"])
+
+
+async def test_peer_events_through_the_c_abi_connect_identify_and_a_hang_up(driver, node, peer) -> None:
+    await driver.call("subscribe", 0)
+    with pytest.raises(CppError) as info:  # once per facade
+        await driver.call("subscribe", 0)
+    assert info.value.code == "invalidArgument"
+    assert await subscriptions(node) == 1
+    await peer.connect(node.addr)
+    connected = await driver.event()
+    assert connected[:2] == ["peerConnected", peer.peer_id] and connected[3] == "inbound", connected
+    assert connected[2].startswith("/ip4/127.0.0.1/tcp/"), connected
+    assert await driver.event() == ["peerIdentified", peer.peer_id]
+    await peer.host.disconnect(ID.from_base58(node.peer_id))
+    assert await driver.event() == ["peerDisconnected", peer.peer_id, "closedByPeer"]
+    peer.serve_echo("/cpp/events/1.0.0")  # the node dials the peer: outbound
+    [sid] = await driver.call("dial", peer.peer_id, "/cpp/events/1.0.0", peer_addr(peer), 10000)
+    connected = await driver.event()
+    assert connected[:2] == ["peerConnected", peer.peer_id] and connected[3] == "outbound", connected
+    assert await driver.event() == ["peerIdentified", peer.peer_id]
+    await driver.call("reset", sid)
+    await driver.call("unsubscribe")
+    with pytest.raises(CppError) as info:
+        await driver.call("unsubscribe")
+    assert info.value.code == "invalidArgument"
+
+    async def unsubscribed() -> bool:
+        return await subscriptions(node) == 0
+
+    await eventually(unsubscribed)
+
+
+async def test_a_facade_request_returns_exactly_the_peers_one_frame_reply(driver, node, peer) -> None:
+    questions: list[bytes] = []
+
+    async def answer(stream: Any) -> None:  # nim-libp2p's framing, by hand
+        question = await read_frame(stream)
+        questions.append(question)
+        reply = b"big" * 100 if question == b"too big" else b"re: " + question
+        await _libp2p.write(stream, lp_frame(reply))
+        await _libp2p.close_write(stream)
+
+    peer.host.set_stream_handler("/cpp/ask/1.0.0", answer)
+    request = os.urandom(5000)
+    [reply] = await driver.call("request", peer.peer_id, "/cpp/ask/1.0.0", peer_addr(peer), request.hex(), 10000, 0)
+    assert bytes.fromhex(reply) == b"re: " + request
+    assert questions == [request]
+    with pytest.raises(CppError) as info:  # a reply over maxSize
+        await driver.call("request", peer.peer_id, "/cpp/ask/1.0.0", peer_addr(peer), b"too big".hex(), 10000, 100)
+    assert info.value.code == "frameTooLarge"
+    with pytest.raises(CppError) as info:
+        await driver.call("request", peer.peer_id, "/cpp/nobody/1.0.0", peer_addr(peer), "00", 10000, 0)
+    assert info.value.code == "protocolNotSupported"
+    assert questions == [request, b"too big"]
+
+    async def idle() -> bool:
+        return (await node_status(node.rpc))["streams"] == 0
+
+    await eventually(idle)
+
+
+async def test_echo_modules_that_share_the_protocol_split_the_streams(cpp, processes, node, peer, tmp_path) -> None:
+    modules = []
+    for _ in range(2):
+        proc = await processes(cpp.module, node.rpc, ECHO, "--share")
+        lines = Lines(proc)
+        assert await lines.line() == f"ready {node.peer_id}"
+        modules.append(lines)
+    alone = await processes(cpp.module, node.rpc, ECHO)  # not sharing: refused
+    with pytest.raises(EOFError):  # no "ready": it exits
+        await Lines(alone).line()
+    with trio.fail_after(10):
+        assert await alone.wait() == 1
+    assert "cpp-echo-module: protocolInUse: " in (tmp_path / "proc2.log").read_text()  # its stderr
+    for i in range(4):  # round-robin: two each
+        stream = await peer.open(node.addr, [ECHO])
+        await _libp2p.write(stream, b"%d" % i)
+        await _libp2p.close_write(stream)
+        assert await p.read_all(stream) == b"%d" % i
+    assert [await modules[0].line(), await modules[0].line()] == ["echoed 1 bytes"] * 2
+    assert [await modules[1].line(), await modules[1].line()] == ["echoed 1 bytes"] * 2
+
+
+# -- interop: the C++ module's length-prefixed frames against go-libp2p and js-libp2p -------------------
+
+
+@pytest.mark.parametrize("kind", ["go", "js"])
+async def test_length_prefixed_frames_against_the_real_peers_own_framing(
+    kind, driver_factory, node_factory, nursery
+) -> None:
+    proto = "/cpp/interop/1.0.0"
+    spawned = node_factory("--muxer", "yamux", wait=False)
+    remote = await start_peer(nursery, kind, "yamux")
+    try:
+        node = wait_ready(spawned)
+        driver = await driver_factory(node)
+        await driver.call("mount", proto)
+        opened = await remote.call("open", key="s", addr=node.addr, protocols=[proto])
+        assert opened["protocol"] == proto
+        event = await driver.event()
+        assert event[:3] == ["protocolStream", event[1], proto] and event[3] == remote.peer_id, event
+        sid = int(event[1])
+        frames = [b"hello", b"\x00" * 300, b"\xff" * 20000, b""]  # (the go driver reads lines of < 64 KiB)
+        assert await remote.write_lp("s", frames) > 0  # the peer's own encoder
+        for frame in frames:
+            [got] = await driver.call("readlp", sid, 100000, 10000)
+            assert (b"" if got == "-" else bytes.fromhex(got)) == frame
+        back = [b"alpha", b"b" * 200, b"c" * 20000, os.urandom(70000)]
+        for frame in back:
+            await driver.call("writelp", sid, frame.hex(), 10000)
+        assert await remote.read_lp("s", len(back)) == back  # the peer's own decoder
+        await driver.call("reset", sid)
+    finally:
+        remote.kill()
+        await remote.proc.wait()
 
 
 # -- tcp: endpoints, with the token exchange -----------------------------------------------------

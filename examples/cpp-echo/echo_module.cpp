@@ -1,8 +1,10 @@
 // A C++ echo module: mounts /echo/1.0.0 through the facade and echoes every inbound
 // stream until the peer half-closes, then half-closes too (closeWithEOF) and closes.
 //
-//   cpp-echo-module unix:/path/to/node.sock [/echo/1.0.0]
+//   cpp-echo-module unix:/path/to/node.sock [/echo/1.0.0] [--share] [--quiet]
 //
+// --share: mount with RegisterOptions.share, so several processes can serve the protocol.
+// --quiet: no line per stream (for a benchmark that does not read them).
 // Prints "ready <node peer id>" once mounted, and "echoed <n> bytes" per stream.
 // Each stream is served on a thread of its own: the facade is used from all of them.
 #include <cstdio>
@@ -17,6 +19,7 @@ using namespace logos::p2p;
 
 namespace {
 std::mutex out;
+bool quiet = false;
 
 void say(const std::string& line) {
   std::lock_guard<std::mutex> lock(out);
@@ -35,9 +38,9 @@ void echo(Facade& node, uint64_t id) {
     }
     node.streamCloseWithEOF(id, 10000);
     node.streamClose(id, 10000);
-    say("echoed " + std::to_string(total) + " bytes");
+    if (!quiet) say("echoed " + std::to_string(total) + " bytes");
   } catch (const Error& e) {
-    say(std::string("stream ended: ") + kindName(e.kind()) + ": " + e.what());
+    if (!quiet) say(std::string("stream ended: ") + kindName(e.kind()) + ": " + e.what());
     try {
       node.streamRelease(id);
     } catch (const Error&) {
@@ -48,14 +51,23 @@ void echo(Facade& node, uint64_t id) {
 
 int main(int argc, char** argv) {
   if (argc < 2) {
-    std::fprintf(stderr, "usage: %s unix:SOCKET [PROTOCOL]\n", argv[0]);
+    std::fprintf(stderr, "usage: %s unix:SOCKET [PROTOCOL] [--share] [--quiet]\n", argv[0]);
     return 2;
   }
-  std::string proto = argc > 2 ? argv[2] : "/echo/1.0.0";
+  std::string proto = "/echo/1.0.0";
+  bool share = false;
+  for (int i = 2; i < argc; ++i) {
+    if (std::string(argv[i]) == "--share")
+      share = true;
+    else if (std::string(argv[i]) == "--quiet")
+      quiet = true;
+    else
+      proto = argv[i];
+  }
   std::vector<std::thread> workers;
   try {
     Facade node(argv[1], "cpp-echo");
-    node.mountProtocol(proto);
+    node.mountProtocol(proto, 10000, share);
     say("ready " + node.peerId());
     while (true) {
       auto event = node.nextEvent();

@@ -62,8 +62,21 @@ typedef enum logos_p2p_event_type {
   LOGOS_P2P_EVENT_PROTOCOL_STREAM = 1,
   LOGOS_P2P_EVENT_STREAM_RESET = 2,
   LOGOS_P2P_EVENT_NODE_SHUTDOWN = 3,
-  LOGOS_P2P_EVENT_DISCONNECTED = 4
+  LOGOS_P2P_EVENT_DISCONNECTED = 4,
+  /* peer events, after logos_p2p_subscribe_peer_events */
+  LOGOS_P2P_EVENT_PEER_CONNECTED = 5,    /* peer_id, remote_addr, direction */
+  LOGOS_P2P_EVENT_PEER_DISCONNECTED = 6, /* peer_id, reason */
+  LOGOS_P2P_EVENT_PEER_IDENTIFIED = 7,   /* peer_id, message = the peer's agent version */
+  LOGOS_P2P_EVENT_OVERFLOWED = 8         /* peer events were dropped: resynchronise */
 } logos_p2p_event_type;
+
+/* The schema's Direction and DisconnectReason, same order. */
+typedef enum logos_p2p_direction { LOGOS_P2P_INBOUND = 0, LOGOS_P2P_OUTBOUND = 1 } logos_p2p_direction;
+typedef enum logos_p2p_disconnect_reason {
+  LOGOS_P2P_CLOSED_BY_US = 0,
+  LOGOS_P2P_CLOSED_BY_PEER = 1,
+  LOGOS_P2P_DISCONNECT_ERROR = 2
+} logos_p2p_disconnect_reason;
 
 typedef struct logos_p2p_event {
   int type; /* a logos_p2p_event_type */
@@ -72,13 +85,16 @@ typedef struct logos_p2p_event {
   char* proto;       /* PROTOCOL_STREAM; NULL otherwise */
   char* peer_id;     /* PROTOCOL_STREAM */
   char* remote_addr; /* PROTOCOL_STREAM */
-  char* message;     /* STREAM_RESET, NODE_SHUTDOWN, DISCONNECTED */
+  char* message;     /* STREAM_RESET, NODE_SHUTDOWN, DISCONNECTED, PEER_IDENTIFIED */
+  int direction;     /* PEER_CONNECTED: a logos_p2p_direction */
+  int reason;        /* PEER_DISCONNECTED: a logos_p2p_disconnect_reason */
 } logos_p2p_event;
 
 typedef struct logos_p2p_facade logos_p2p_facade;
 
 const char* logos_p2p_code_name(int code);   /* e.g. "streamReset" */
 const char* logos_p2p_cause_name(int cause); /* e.g. "remoteReset" */
+const char* logos_p2p_disconnect_reason_name(int reason); /* e.g. "closedByPeer" */
 
 int logos_p2p_facade_new(const char* address, const char* module_name, logos_p2p_facade** out,
                          logos_p2p_error* err);
@@ -93,6 +109,17 @@ int logos_p2p_unmount_protocol(logos_p2p_facade* facade, const char* proto, logo
 
 int logos_p2p_dial(logos_p2p_facade* facade, const char* peer_id, const char* proto, const char* const* addrs,
                    size_t n_addrs, uint32_t timeout_ms, uint64_t* stream_id, logos_p2p_error* err);
+
+/* Node.request: `data` as one length-prefixed frame, one frame of at most max_size bytes back
+ * (0 = 1 MiB) into *reply (malloc'ed); timeout_ms bounds the exchange (0 = the node's). */
+int logos_p2p_request(logos_p2p_facade* facade, const char* peer_id, const char* proto, const char* const* addrs,
+                      size_t n_addrs, const uint8_t* data, size_t len, uint32_t timeout_ms, uint32_t max_size,
+                      uint8_t** reply, size_t* reply_len, logos_p2p_error* err);
+
+/* Peer events from now on, delivered by logos_p2p_next_event (queue_size 0 = the node's 256).
+ * Once per facade: a second subscription is LOGOS_P2P_INVALID_ARGUMENT. */
+int logos_p2p_subscribe_peer_events(logos_p2p_facade* facade, uint32_t queue_size, logos_p2p_error* err);
+int logos_p2p_unsubscribe_peer_events(logos_p2p_facade* facade, logos_p2p_error* err);
 
 /* *len == 0 after a successful read: end of stream. */
 int logos_p2p_stream_read(logos_p2p_facade* facade, uint64_t stream_id, size_t max_bytes, uint32_t timeout_ms,

@@ -128,6 +128,14 @@ const char* logos_p2p_cause_name(int cause) {
              : "protocolError";
 }
 
+const char* logos_p2p_disconnect_reason_name(int reason) {
+  switch (reason) {
+    case LOGOS_P2P_CLOSED_BY_US: return "closedByUs";
+    case LOGOS_P2P_CLOSED_BY_PEER: return "closedByPeer";
+    default: return "error";
+  }
+}
+
 int logos_p2p_facade_new(const char* address, const char* module_name, logos_p2p_facade** out,
                          logos_p2p_error* err) {
   if (!address || !out) return badArgument(err, "address and out must not be NULL");
@@ -161,6 +169,28 @@ int logos_p2p_dial(logos_p2p_facade* f, const char* peer_id, const char* proto, 
     for (size_t i = 0; i < n_addrs; ++i) list.emplace_back(addrs[i]);
     *stream_id = f->facade.dial(peer_id, proto, list, timeout_ms);
   });
+}
+
+int logos_p2p_request(logos_p2p_facade* f, const char* peer_id, const char* proto, const char* const* addrs,
+                      size_t n_addrs, const uint8_t* data, size_t len, uint32_t timeout_ms, uint32_t max_size,
+                      uint8_t** reply, size_t* reply_len, logos_p2p_error* err) {
+  if (!peer_id || !proto || (n_addrs && !addrs) || (len && !data))
+    return badArgument(err, "peer_id, proto (and addrs, data) must not be NULL");
+  return readInto(f, reply, reply_len, err, [&]() {
+    std::vector<std::string> list;
+    for (size_t i = 0; i < n_addrs; ++i) list.emplace_back(addrs[i]);
+    return f->facade.request(peer_id, proto, Bytes(data, data + len), list, timeout_ms, max_size);
+  });
+}
+
+int logos_p2p_subscribe_peer_events(logos_p2p_facade* f, uint32_t queue_size, logos_p2p_error* err) {
+  if (!f) return badArgument(err, "facade must not be NULL");
+  return guarded(err, [&]() { f->facade.subscribePeerEvents(queue_size); });
+}
+
+int logos_p2p_unsubscribe_peer_events(logos_p2p_facade* f, logos_p2p_error* err) {
+  if (!f) return badArgument(err, "facade must not be NULL");
+  return guarded(err, [&]() { f->facade.unsubscribePeerEvents(); });
 }
 
 int logos_p2p_stream_read(logos_p2p_facade* f, uint64_t id, size_t max_bytes, uint32_t timeout_ms, uint8_t** data,
@@ -217,18 +247,41 @@ int logos_p2p_next_event(logos_p2p_facade* f, uint32_t timeout_ms, logos_p2p_eve
     auto ev = f->facade.nextEvent(timeout_ms);
     if (!ev) return;
     using T = logos::p2p::FacadeEvent::Type;
-    event->type = ev->type == T::protocolStream ? LOGOS_P2P_EVENT_PROTOCOL_STREAM
-                  : ev->type == T::streamReset  ? LOGOS_P2P_EVENT_STREAM_RESET
-                  : ev->type == T::nodeShutdown ? LOGOS_P2P_EVENT_NODE_SHUTDOWN
-                                                : LOGOS_P2P_EVENT_DISCONNECTED;
+    switch (ev->type) {
+      case T::protocolStream: event->type = LOGOS_P2P_EVENT_PROTOCOL_STREAM; break;
+      case T::streamReset: event->type = LOGOS_P2P_EVENT_STREAM_RESET; break;
+      case T::nodeShutdown: event->type = LOGOS_P2P_EVENT_NODE_SHUTDOWN; break;
+      case T::disconnected: event->type = LOGOS_P2P_EVENT_DISCONNECTED; break;
+      case T::peerConnected: event->type = LOGOS_P2P_EVENT_PEER_CONNECTED; break;
+      case T::peerDisconnected: event->type = LOGOS_P2P_EVENT_PEER_DISCONNECTED; break;
+      case T::peerIdentified: event->type = LOGOS_P2P_EVENT_PEER_IDENTIFIED; break;
+      case T::overflowed: event->type = LOGOS_P2P_EVENT_OVERFLOWED; break;
+    }
     event->stream_id = ev->streamId;
     event->cause = static_cast<int>(ev->cause);
-    if (ev->type == T::protocolStream) {
-      event->proto = dupString(ev->proto);
-      event->peer_id = dupString(ev->peerId);
-      event->remote_addr = dupString(ev->remoteAddr);
-    } else {
-      event->message = dupString(ev->message);
+    switch (ev->type) {
+      case T::protocolStream:
+        event->proto = dupString(ev->proto);
+        event->peer_id = dupString(ev->peerId);
+        event->remote_addr = dupString(ev->remoteAddr);
+        break;
+      case T::peerConnected:
+        event->peer_id = dupString(ev->peerId);
+        event->remote_addr = dupString(ev->remoteAddr);
+        event->direction = ev->outbound ? LOGOS_P2P_OUTBOUND : LOGOS_P2P_INBOUND;
+        break;
+      case T::peerDisconnected:
+        event->peer_id = dupString(ev->peerId);
+        event->reason = ev->reason == "closedByUs"     ? LOGOS_P2P_CLOSED_BY_US
+                        : ev->reason == "closedByPeer" ? LOGOS_P2P_CLOSED_BY_PEER
+                                                       : LOGOS_P2P_DISCONNECT_ERROR;
+        break;
+      case T::peerIdentified:
+        event->peer_id = dupString(ev->peerId);
+        event->message = dupString(ev->agentVersion);
+        break;
+      case T::overflowed: break;
+      default: event->message = dupString(ev->message);
     }
   });
 }

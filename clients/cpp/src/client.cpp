@@ -556,6 +556,48 @@ class ResponderImpl final : public rpc::Responder::Server {
   Responder fn_;
 };
 
+class PeerEventsImpl final : public rpc::PeerEvents::Server {
+ public:
+  explicit PeerEventsImpl(PeerEventHandler fn) : fn_(kj::mv(fn)) {}
+
+  kj::Promise<void> event(EventContext context) override {
+    auto r = context.getParams().getEvent();
+    PeerEvent ev;
+    ev.peerId = r.getPeerId().cStr();
+    switch (r.which()) {
+      case rpc::PeerEvent::CONNECTED: {
+        auto c = r.getConnected();
+        ev.type = PeerEvent::Type::connected;
+        ev.remoteAddr = c.getRemoteAddr().cStr();
+        ev.direction = c.getDirection() == rpc::Direction::OUTBOUND ? Direction::outbound : Direction::inbound;
+        break;
+      }
+      case rpc::PeerEvent::DISCONNECTED:
+        ev.type = PeerEvent::Type::disconnected;
+        switch (r.getDisconnected()) {
+          case rpc::DisconnectReason::CLOSED_BY_US: ev.reason = DisconnectReason::closedByUs; break;
+          case rpc::DisconnectReason::CLOSED_BY_PEER: ev.reason = DisconnectReason::closedByPeer; break;
+          default: ev.reason = DisconnectReason::error; break;
+        }
+        break;
+      case rpc::PeerEvent::IDENTIFIED: {
+        auto i = r.getIdentified();
+        ev.type = PeerEvent::Type::identified;
+        for (auto p : i.getProtocols()) ev.protocols.emplace_back(p.cStr());
+        ev.agentVersion = i.getAgentVersion().cStr();
+        break;
+      }
+      case rpc::PeerEvent::OVERFLOWED: ev.type = PeerEvent::Type::overflowed; break;
+      default: return kj::READY_NOW;  // a newer node's event: ignored
+    }
+    fn_(ev);
+    return kj::READY_NOW;
+  }
+
+ private:
+  PeerEventHandler fn_;
+};
+
 std::shared_ptr<void> holdRegistration(rpc::Registration::Client cap) {
   return std::make_shared<rpc::Registration::Client>(kj::mv(cap));
 }
@@ -573,6 +615,36 @@ kj::Promise<void> Registration::unregister() {
   if (!cap) return kj::READY_NOW;
   auto& client = *static_cast<rpc::Registration::Client*>(cap.get());
   return client.unregisterRequest().send().ignoreResult().attach(kj::mv(cap));
+}
+
+const char* disconnectReasonName(DisconnectReason reason) {
+  switch (reason) {
+    case DisconnectReason::closedByUs: return "closedByUs";
+    case DisconnectReason::closedByPeer: return "closedByPeer";
+    case DisconnectReason::error: return "error";
+  }
+  return "error";
+}
+
+Subscription::Subscription(std::shared_ptr<void> cap) : cap_(kj::mv(cap)) {}
+Subscription::Subscription(Subscription&&) noexcept = default;
+Subscription& Subscription::operator=(Subscription&&) noexcept = default;
+Subscription::~Subscription() = default;
+
+kj::Promise<void> Subscription::cancel() {
+  auto cap = kj::mv(cap_);
+  if (!cap) return kj::READY_NOW;
+  auto& client = *static_cast<rpc::Subscription::Client*>(cap.get());
+  return client.cancelRequest().send().ignoreResult().attach(kj::mv(cap));
+}
+
+kj::Promise<Subscription> Node::subscribePeerEvents(PeerEventHandler handler, uint32_t queueSize) {
+  auto req = conn_->node.subscribePeerEventsRequest();
+  req.setSubscriber(kj::heap<PeerEventsImpl>(kj::mv(handler)));
+  req.setQueueSize(queueSize);
+  return req.send().then([](auto&& answer) {
+    return Subscription(std::make_shared<rpc::Subscription::Client>(answer.getSubscription()));
+  });
 }
 
 kj::Promise<Registration> Node::registerProtocols(const std::vector<std::string>& protocols, Handler handler,

@@ -24,6 +24,10 @@ const char* eventTypeName(FacadeEvent::Type type) {
     case FacadeEvent::Type::streamReset: return "streamReset";
     case FacadeEvent::Type::nodeShutdown: return "nodeShutdown";
     case FacadeEvent::Type::disconnected: return "disconnected";
+    case FacadeEvent::Type::peerConnected: return "peerConnected";
+    case FacadeEvent::Type::peerDisconnected: return "peerDisconnected";
+    case FacadeEvent::Type::peerIdentified: return "peerIdentified";
+    case FacadeEvent::Type::overflowed: return "overflowed";
   }
   return "unknown";
 }
@@ -65,6 +69,7 @@ struct Facade::Impl {
     Node node;
     std::map<uint64_t, std::shared_ptr<Entry>> streams;
     std::map<std::string, Registration> mounts;
+    kj::Maybe<Subscription> peerEvents;
     uint64_t nextId = 1;
     Loop(kj::AsyncIoContext& i, Node n) : io(i), node(kj::mv(n)) {}
   };
@@ -171,6 +176,7 @@ struct Facade::Impl {
       // torn down on this thread: streams, registrations, then the connection
       state.streams.clear();
       state.mounts.clear();
+      state.peerEvents = nullptr;
       loop = nullptr;
       connectedFlag = false;
     } catch (const kj::Exception& e) {
@@ -206,6 +212,7 @@ struct Facade::Impl {
     return all.exclusiveJoin(loop->io.provider->getTimer().afterDelay(1 * kj::SECONDS)).then([this]() {
       loop->streams.clear();
       loop->mounts.clear();
+      loop->peerEvents = nullptr;
       stop->fulfill();
     });
   }
@@ -256,9 +263,9 @@ std::vector<std::string> Facade::addrs(uint32_t timeoutMs) {
   });
 }
 
-void Facade::mountProtocol(const std::string& proto, uint32_t timeoutMs) {
+void Facade::mountProtocol(const std::string& proto, uint32_t timeoutMs, bool share) {
   Impl* impl = impl_.get();
-  impl->call(timeoutMs, [impl, proto]() -> kj::Promise<void> {
+  impl->call(timeoutMs, [impl, proto, share]() -> kj::Promise<void> {
     if (impl->loop->mounts.count(proto))
       return makeException(ErrorKind::protocolInUse, proto + " is already mounted by this facade");
     auto handler = [impl](Stream stream) {
@@ -271,7 +278,9 @@ void Facade::mountProtocol(const std::string& proto, uint32_t timeoutMs) {
       ev.streamId = impl->adopt(kj::mv(stream));
       impl->push(kj::mv(ev));
     };
-    return impl->loop->node.registerProtocols({proto}, handler).then([impl, proto](Registration reg) {
+    RegisterOptions options;
+    options.share = share;
+    return impl->loop->node.registerProtocols({proto}, handler, options).then([impl, proto](Registration reg) {
       impl->loop->mounts.emplace(proto, kj::mv(reg));
     });
   });
@@ -297,6 +306,63 @@ uint64_t Facade::dial(const std::string& peerId, const std::string& proto, const
     return impl->loop->node.openStream(peerId, {proto}, addrs, timeoutMs).then([impl](Stream stream) {
       return impl->adopt(kj::mv(stream));
     });
+  });
+}
+
+Bytes Facade::request(const std::string& peerId, const std::string& proto, const Bytes& data,
+                      const std::vector<std::string>& addrs, uint32_t timeoutMs, uint32_t maxSize) {
+  Impl* impl = impl_.get();
+  uint32_t outer = timeoutMs ? timeoutMs + 2000 : 0;  // the node's timeout error wins
+  return impl->call(outer, [impl, &peerId, &proto, &data, &addrs, timeoutMs, maxSize]() {
+    return impl->loop->node.request(peerId, {proto}, data, addrs, timeoutMs, maxSize);
+  });
+}
+
+void Facade::subscribePeerEvents(uint32_t queueSize, uint32_t timeoutMs) {
+  Impl* impl = impl_.get();
+  impl->call(timeoutMs, [impl, queueSize]() -> kj::Promise<void> {
+    if (impl->loop->peerEvents != nullptr)
+      return makeException(ErrorKind::invalidArgument, "this facade already subscribed to peer events");
+    auto handler = [impl](const PeerEvent& pe) {
+      FacadeEvent ev;
+      ev.peerId = pe.peerId;
+      switch (pe.type) {
+        case PeerEvent::Type::connected:
+          ev.type = FacadeEvent::Type::peerConnected;
+          ev.remoteAddr = pe.remoteAddr;
+          ev.outbound = pe.direction == Direction::outbound;
+          break;
+        case PeerEvent::Type::disconnected:
+          ev.type = FacadeEvent::Type::peerDisconnected;
+          ev.reason = disconnectReasonName(pe.reason);
+          break;
+        case PeerEvent::Type::identified:
+          ev.type = FacadeEvent::Type::peerIdentified;
+          ev.agentVersion = pe.agentVersion;
+          ev.protocols = pe.protocols;
+          break;
+        case PeerEvent::Type::overflowed: ev.type = FacadeEvent::Type::overflowed; break;
+      }
+      impl->push(kj::mv(ev));
+    };
+    return impl->loop->node.subscribePeerEvents(handler, queueSize).then([impl](Subscription sub) -> kj::Promise<void> {
+      if (impl->loop->peerEvents != nullptr)  // two calls at once: the later one is dropped
+        return makeException(ErrorKind::invalidArgument, "this facade already subscribed to peer events");
+      impl->loop->peerEvents = kj::mv(sub);
+      return kj::READY_NOW;
+    });
+  });
+}
+
+void Facade::unsubscribePeerEvents(uint32_t timeoutMs) {
+  Impl* impl = impl_.get();
+  impl->call(timeoutMs, [impl]() -> kj::Promise<void> {
+    KJ_IF_MAYBE(sub, impl->loop->peerEvents) {
+      auto held = std::make_shared<Subscription>(kj::mv(*sub));
+      impl->loop->peerEvents = nullptr;
+      return held->cancel().attach(kj::mv(held));
+    }
+    return makeException(ErrorKind::invalidArgument, "this facade is not subscribed to peer events");
   });
 }
 
@@ -370,18 +436,20 @@ void Facade::streamRelease(uint64_t id) {
 
 FacadeStreamInfo Facade::streamInfo(uint64_t id) {
   Impl* impl = impl_.get();
-  return impl->call(5000, [impl, id]() -> kj::Promise<FacadeStreamInfo> {
+  FacadeStreamInfo out;  // filled on the loop thread (call waits): no promise of a struct of
+                         // strings, which GCC 12 -O3 warns about (-Wmaybe-uninitialized)
+  impl->call(5000, [impl, id, &out]() -> kj::Promise<void> {
     auto e = impl->entry(id);
     const auto& i = e->stream.info();
-    FacadeStreamInfo out;
     out.streamId = id;
     out.nodeStreamId = i.id;
     out.proto = i.protocol;
     out.peerId = i.remotePeerId;
     out.remoteAddr = i.remoteAddr;
     out.outbound = i.direction == Direction::outbound;
-    return out;
+    return kj::READY_NOW;
   });
+  return out;
 }
 
 size_t Facade::streamCount() {

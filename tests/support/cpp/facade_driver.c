@@ -11,8 +11,11 @@
  *   readall ID TIMEOUT -> HEX (until end of stream)
  *   write ID HEX TIMEOUT | writelp ID HEX TIMEOUT | closewrite ID TIMEOUT | close ID TIMEOUT
  *   reset ID | release ID
+ *   request PEER PROTO ADDR HEX TIMEOUT MAX -> HEX (the reply)
+ *   subscribe QUEUE | unsubscribe (peer events)
  *   event TIMEOUT -> none | protocolStream ID PROTO PEER ADDR | streamReset ID CAUSE
- *                    | nodeShutdown | disconnected
+ *                    | nodeShutdown | disconnected | peerConnected PEER ADDR DIRECTION
+ *                    | peerDisconnected PEER REASON | peerIdentified PEER | overflowed
  *   quit (after the commands in progress): frees the facade, exits 0. So does end of input.
  */
 #include <pthread.h>
@@ -157,6 +160,19 @@ static void run(struct command* c) {
     rc = logos_p2p_stream_reset(facade, num(a[1]), &err);
   } else if (strcmp(cmd, "release") == 0 && c->argc == 2) {
     rc = logos_p2p_stream_release(facade, num(a[1]), &err);
+  } else if (strcmp(cmd, "request") == 0 && c->argc == 7) {
+    const char* addrs[1];
+    uint8_t* bytes = from_hex(a[4], &len);
+    size_t reply_len = 0;
+    addrs[0] = a[3];
+    rc = logos_p2p_request(facade, a[1], a[2], addrs, 1, bytes, len, (uint32_t)num(a[5]), (uint32_t)num(a[6]), &data,
+                           &reply_len, &err);
+    free(bytes);
+    if (rc == 0) return reply_bytes(c->tag, data, reply_len);
+  } else if (strcmp(cmd, "subscribe") == 0 && c->argc == 2) {
+    rc = logos_p2p_subscribe_peer_events(facade, (uint32_t)num(a[1]), &err);
+  } else if (strcmp(cmd, "unsubscribe") == 0 && c->argc == 1) {
+    rc = logos_p2p_unsubscribe_peer_events(facade, &err);
   } else if (strcmp(cmd, "event") == 0 && c->argc == 2) {
     logos_p2p_event ev;
     rc = logos_p2p_next_event(facade, (uint32_t)num(a[1]), &ev, &err);
@@ -172,6 +188,16 @@ static void run(struct command* c) {
           break;
         case LOGOS_P2P_EVENT_NODE_SHUTDOWN: snprintf(buf, sizeof buf, "ok nodeShutdown"); break;
         case LOGOS_P2P_EVENT_DISCONNECTED: snprintf(buf, sizeof buf, "ok disconnected"); break;
+        case LOGOS_P2P_EVENT_PEER_CONNECTED:
+          snprintf(buf, sizeof buf, "ok peerConnected %s %s %s", ev.peer_id, ev.remote_addr[0] ? ev.remote_addr : "-",
+                   ev.direction == LOGOS_P2P_OUTBOUND ? "outbound" : "inbound");
+          break;
+        case LOGOS_P2P_EVENT_PEER_DISCONNECTED:
+          snprintf(buf, sizeof buf, "ok peerDisconnected %s %s", ev.peer_id,
+                   logos_p2p_disconnect_reason_name(ev.reason));
+          break;
+        case LOGOS_P2P_EVENT_PEER_IDENTIFIED: snprintf(buf, sizeof buf, "ok peerIdentified %s", ev.peer_id); break;
+        case LOGOS_P2P_EVENT_OVERFLOWED: snprintf(buf, sizeof buf, "ok overflowed"); break;
         default: snprintf(buf, sizeof buf, "ok none");
       }
       logos_p2p_event_clear(&ev);

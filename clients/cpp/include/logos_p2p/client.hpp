@@ -119,6 +119,38 @@ struct ServeOptions {
   uint32_t timeoutMs = 0;  // 0 = 30 s
 };
 
+// Node.subscribePeerEvents: one event per peer (first connection up, last one down).
+enum class DisconnectReason : uint8_t { closedByUs, closedByPeer, error };
+const char* disconnectReasonName(DisconnectReason reason);
+
+struct PeerEvent {
+  enum class Type : uint8_t { connected, disconnected, identified, overflowed };
+  Type type = Type::connected;
+  std::string peerId;                     // "" for overflowed
+  std::string remoteAddr;                 // connected
+  Direction direction = Direction::inbound;  // connected: inbound = the peer dialed us
+  DisconnectReason reason = DisconnectReason::error;  // disconnected
+  std::vector<std::string> protocols;     // identified
+  std::string agentVersion;               // identified
+};
+
+// Dropping it (or cancel()) unsubscribes. Move-only.
+class Subscription {
+ public:
+  explicit Subscription(std::shared_ptr<void> cap);
+  Subscription(Subscription&&) noexcept;
+  Subscription& operator=(Subscription&&) noexcept;
+  ~Subscription();
+  kj::Promise<void> cancel();  // idempotent
+
+ private:
+  std::shared_ptr<void> cap_;  // an rpc::Subscription::Client
+};
+
+// Called on the event loop thread for each peer event, in order; must not block. The node
+// sends the next event once the call returns. Throwing unsubscribes.
+using PeerEventHandler = std::function<void(const PeerEvent&)>;
+
 // Called on the event loop thread for each inbound stream; must not block (start a task).
 // Throwing makes the node reset the stream (handlerFailed).
 using Handler = std::function<void(Stream)>;
@@ -141,6 +173,8 @@ class Node {
                              uint32_t maxSize = 0, bool closeWrite = true);
   kj::Promise<Registration> serve(const std::vector<std::string>& protocols, Responder responder,
                                   ServeOptions options = {});
+  // queueSize 0 = the node's 256 (1..4096).
+  kj::Promise<Subscription> subscribePeerEvents(PeerEventHandler handler, uint32_t queueSize = 0);
 
   // Resolves when the node announces its shutdown or the RPC connection ends.
   kj::Promise<void> onEnded();

@@ -30,6 +30,11 @@ struct FacadeEvent {
     streamReset,     // an operation found the stream reset: streamId, cause, message
     nodeShutdown,    // the node is shutting down (the last event; calls then fail)
     disconnected,    // the RPC connection broke without a shutdown notice (the last event)
+    // peer events, after subscribePeerEvents (per peer: its first connection up, its last down)
+    peerConnected,     // peerId, remoteAddr, outbound (false: the peer dialed the node)
+    peerDisconnected,  // peerId, reason ("closedByUs", "closedByPeer", "error")
+    peerIdentified,    // peerId, agentVersion, protocols
+    overflowed,        // the node dropped peer events (a full queue): resynchronise
   };
   Type type = Type::protocolStream;
   uint64_t streamId = 0;
@@ -38,6 +43,10 @@ struct FacadeEvent {
   std::string remoteAddr;
   Cause cause = Cause::protocolError;
   std::string message;
+  bool outbound = false;     // peerConnected
+  std::string reason;        // peerDisconnected
+  std::string agentVersion;  // peerIdentified
+  std::vector<std::string> protocols;  // peerIdentified
 };
 
 const char* eventTypeName(FacadeEvent::Type type);
@@ -62,12 +71,23 @@ class Facade {
   std::string peerId(uint32_t timeoutMs = 10000);          // the node's
   std::vector<std::string> addrs(uint32_t timeoutMs = 10000);  // the node's dialable addresses
 
-  void mountProtocol(const std::string& proto, uint32_t timeoutMs = 10000);    // ProtocolInUse if mounted
+  // ProtocolInUse if mounted (by this facade, or by another module without share on both)
+  void mountProtocol(const std::string& proto, uint32_t timeoutMs = 10000, bool share = false);
   void unmountProtocol(const std::string& proto, uint32_t timeoutMs = 10000);  // InvalidArgument if not
 
   // An outbound stream; timeoutMs bounds the dial and the negotiation (0 = the node's 30 s).
   uint64_t dial(const std::string& peerId, const std::string& proto, const std::vector<std::string>& addrs = {},
                 uint32_t timeoutMs = 0);
+
+  // Node.request: one length-prefixed frame there, one back (at most maxSize bytes, 0 = 1 MiB);
+  // timeoutMs bounds the whole exchange (0 = the node's open timeout).
+  Bytes request(const std::string& peerId, const std::string& proto, const Bytes& data,
+                const std::vector<std::string>& addrs = {}, uint32_t timeoutMs = 0, uint32_t maxSize = 0);
+
+  // Peer events from now on, as events of nextEvent/the callback (call once; a second call
+  // is InvalidArgument). queueSize: the node's bound (0 = 256); over it, one overflowed event.
+  void subscribePeerEvents(uint32_t queueSize = 0, uint32_t timeoutMs = 10000);
+  void unsubscribePeerEvents(uint32_t timeoutMs = 10000);  // InvalidArgument if not subscribed
 
   Bytes streamRead(uint64_t id, size_t maxBytes, uint32_t timeoutMs = 0);  // empty = end of stream
   Bytes streamReadExactly(uint64_t id, size_t n, uint32_t timeoutMs = 0);

@@ -41,6 +41,7 @@ from .support import peer as p
 from .support.interop import start_peer
 from .support.modproc import ROOT
 from .support.nodeproc import wait_ready
+from .support.peer import negotiation_failed
 
 MIB = 1024 * 1024
 ECHO = "/echo/1.0.0"
@@ -238,15 +239,6 @@ async def echo_module(cpp: Binaries, processes: Any, node: Any) -> tuple[trio.Pr
 
 def sha(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
-
-
-def negotiation_failed(exc: BaseException) -> bool:
-    chain: BaseException | None = exc
-    while chain is not None:
-        if type(chain).__name__ == "MultiselectClientError":
-            return True
-        chain = chain.__cause__
-    return False
 
 
 def peer_addr(peer: p.Peer) -> str:

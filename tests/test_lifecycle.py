@@ -31,18 +31,10 @@ from logos_p2p.server import _libp2p
 from .conftest import eventually, node_status
 from .support import peer as p
 from .support.modproc import ROOT, ModuleError
+from .support.peer import negotiation_failed
 from .support.scenarios import pattern
 
 PROTO = "/life/1.0.0"
-
-
-def negotiation_failed(exc: BaseException) -> bool:
-    chain: BaseException | None = exc
-    while chain is not None:
-        if type(chain).__name__ == "MultiselectClientError":
-            return True
-        chain = chain.__cause__
-    return False
 
 
 async def nothing_left(node, modules_expected: int = 0, registrations: int = 0) -> None:

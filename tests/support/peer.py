@@ -110,6 +110,17 @@ async def reset_while_opening(peer: Peer, addr: str, protocols: list[str], timeo
     assert reset_recorded(stream)
 
 
+def negotiation_failed(exc: BaseException) -> bool:
+    """Whether an open failed in protocol negotiation (py-libp2p's MultiselectClientError
+    somewhere in the chain)."""
+    chain: BaseException | None = exc
+    while chain is not None:
+        if type(chain).__name__ == "MultiselectClientError":
+            return True
+        chain = chain.__cause__
+    return False
+
+
 def reset_recorded(stream: Any) -> bool:
     """The muxer's own record that the peer reset this stream."""
     muxed = stream.muxed_stream

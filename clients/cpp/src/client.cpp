@@ -321,23 +321,26 @@ kj::Promise<Bytes> localFrame(State s, uint32_t maxSize) {
   });
 }
 
+// The answer to the oldest write in flight; its failure becomes the stream's write error.
+kj::Promise<void> oldestAnswered(State s) {
+  auto front = kj::mv(s->inflight.front());
+  s->inflight.pop_front();
+  size_t size = front.second;
+  return front.first.then([s, size]() { s->inflightBytes -= size; },
+                          [s, size](kj::Exception&& e) {
+                            s->inflightBytes -= size;
+                            auto error = s->failed(kj::mv(e));
+                            if (s->writeError == nullptr) s->writeError = kj::cp(error);
+                            kj::throwFatalException(kj::mv(error));
+                          });
+}
+
 kj::Promise<void> flush(State s) {
   if (s->inflight.empty()) {
     KJ_IF_MAYBE(e, s->writeError) { return kj::cp(*e); }
     return kj::READY_NOW;
   }
-  auto front = kj::mv(s->inflight.front());
-  s->inflight.pop_front();
-  size_t size = front.second;
-  return front.first
-      .then([s, size]() { s->inflightBytes -= size; },
-            [s, size](kj::Exception&& e) {
-              s->inflightBytes -= size;
-              auto error = s->failed(kj::mv(e));
-              if (s->writeError == nullptr) s->writeError = kj::cp(error);
-              kj::throwFatalException(kj::mv(error));
-            })
-      .then([s]() { return flush(s); });
+  return oldestAnswered(s).then([s]() { return flush(s); });
 }
 
 // Send data[off..] in chunks, keeping at most kWriteWindow bytes unanswered.
@@ -346,18 +349,7 @@ kj::Promise<void> writeLoop(State s, std::shared_ptr<Bytes> data, size_t off) {
   s->checkWritable();
   size_t n = std::min(kWriteChunk, data->size() - off);
   if (!s->inflight.empty() && s->inflightBytes + n > kWriteWindow) {
-    auto front = kj::mv(s->inflight.front());
-    s->inflight.pop_front();
-    size_t size = front.second;
-    return front.first
-        .then([s, size]() { s->inflightBytes -= size; },
-              [s, size](kj::Exception&& e) {
-                s->inflightBytes -= size;
-                auto error = s->failed(kj::mv(e));
-                if (s->writeError == nullptr) s->writeError = kj::cp(error);
-                kj::throwFatalException(kj::mv(error));
-              })
-        .then([s, data, off]() { return writeLoop(s, data, off); });
+    return oldestAnswered(s).then([s, data, off]() { return writeLoop(s, data, off); });
   }
   auto req = s->client().writeRequest();
   req.setData(kj::ArrayPtr<const capnp::byte>(data->data() + off, n));

@@ -7,6 +7,7 @@ import asyncio
 from collections.abc import Awaitable, Sequence
 from typing import TypeVar
 
+from .._requests import validate_open
 from ..errors import InvalidArgument, Timeout
 
 T = TypeVar("T")
@@ -38,3 +39,13 @@ async def _answered(opening: Awaitable[T], timeout: float) -> T:
         return await asyncio.wait_for(opening, timeout + OPEN_ANSWER_GRACE)
     except TimeoutError:
         raise Timeout(f"the node did not answer an open within {timeout + OPEN_ANSWER_GRACE:g}s") from None
+
+
+def open_args(peer_id: str, protocols: Sequence[str], addrs: Sequence[str] | None) -> tuple[str, list[str], list[str]]:
+    """An open's (or a request's) peer, protocols and addresses, checked against the node's
+    bounds before they travel."""
+    protocols = _texts(protocols, "protocols")
+    addrs = _texts(addrs, "addrs")
+    [peer_id] = _texts([peer_id], "peer_id")
+    validate_open(peer_id, protocols, addrs)
+    return peer_id, protocols, addrs

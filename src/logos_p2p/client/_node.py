@@ -14,10 +14,10 @@ from types import SimpleNamespace
 from typing import Any, TypeVar, Unpack
 
 from .. import _schema
-from .._requests import timeout_to_ms, validate_open, validate_protocol_ids
+from .._requests import timeout_to_ms, validate_protocol_ids
 from ..errors import Cause, LogosP2PError, NodeShutdown, NodeUnavailable, StreamError
 from . import _unary
-from ._args import DEFAULT_OPEN_TIMEOUT, _answered, _texts
+from ._args import DEFAULT_OPEN_TIMEOUT, _answered, _texts, open_args
 from ._capability import CapabilityTransport
 from ._channel import Channel
 from ._events import PeerEvents
@@ -294,10 +294,7 @@ class Node:
         :raises Timeout: not done within ``timeout`` seconds.
         """
         self._check_open()
-        protocols = _texts(protocols, "protocols")
-        addrs = _texts(addrs, "addrs")
-        [peer_id] = _texts([peer_id], "peer_id")
-        validate_open(peer_id, protocols, addrs)  # the node's bounds, checked before sending
+        peer_id, protocols, addrs = open_args(peer_id, protocols, addrs)
         if self._channel is not None:
             return await self._open_on_channel(self._channel, peer_id, protocols, addrs, timeout)
         core = _Core()

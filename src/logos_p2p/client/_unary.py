@@ -10,9 +10,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from .. import _schema
-from .._requests import timeout_to_ms, validate_open
+from .._requests import timeout_to_ms
 from ..errors import InvalidArgument
-from ._args import _answered, _texts
+from ._args import _answered, open_args
 
 log = logging.getLogger("logos_p2p.client")
 schema = _schema.load()
@@ -73,10 +73,7 @@ async def request(
     close_write: bool,
 ) -> bytes:
     """The reply to one request (inside the caller's translate())."""
-    protocols = _texts(protocols, "protocols")
-    addrs = _texts(addrs, "addrs")
-    [peer_id] = _texts([peer_id], "peer_id")
-    validate_open(peer_id, protocols, addrs)
+    peer_id, protocols, addrs = open_args(peer_id, protocols, addrs)
     if not isinstance(data, (bytes, bytearray, memoryview)):
         raise InvalidArgument(f"a request is bytes, not {type(data).__name__}")
     call = cap.request(

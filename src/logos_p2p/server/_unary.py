@@ -92,13 +92,8 @@ async def request(
     close_write: bool,
 ) -> tuple[bytes, str]:
     """``Node.request`` (asyncio): the reply and the protocol that was negotiated."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    try:
-        async with asyncio.timeout_at(deadline):
-            side = await streams.open_aio(session, peer, protocols, addrs, timeout, CapabilitySide)
-    except TimeoutError:
-        raise Timeout(f"opening {protocols} on {peer} took longer than {timeout:g}s") from None
+    deadline = asyncio.get_running_loop().time() + timeout
+    side = await streams.open_aio(session, peer, protocols, addrs, timeout, CapabilitySide)  # Timeout of its own
     bridge = side.bridge
     try:
         async with asyncio.timeout_at(deadline):

@@ -7,6 +7,8 @@ from __future__ import annotations
 import pytest
 from libp2p.peer.id import ID
 
+from logos_p2p.errors import LimitExceeded
+
 from .conftest import eventually, node_status
 from .support.peer import open_peer
 
@@ -137,3 +139,15 @@ async def test_a_peer_that_pushes_new_protocols_is_identified_again(node, peer, 
     await push_identify_to_peers(peer.host)
     again = await next_event(module, "e", "PeerIdentified")
     assert again["peer_id"] == peer.peer_id and "/late/1.0.0" in again["protocols"]
+
+
+async def test_a_module_holds_at_most_sixteen_subscriptions(node, modules):
+    module = await modules(node)
+    for i in range(16):
+        await module.call("subscribe_idle", f"e{i}", 4)
+    with pytest.raises(LimitExceeded):
+        await module.call("subscribe_idle", "one-too-many", 4)
+    assert await subscriptions(node) == 16
+    other = await modules(node, name="other")  # another module is not held back by it
+    await other.call("subscribe_idle", "e", 4)
+    assert await subscriptions(node) == 17

@@ -189,3 +189,28 @@ async def test_a_module_asks_a_peer(node, peer, modules):
     with pytest.raises(EndOfStream):
         await client.call("request", peer.peer_id, ["/truncated/1"], b"hi")
     await idle(node, 1)
+
+
+# -- a requester that misbehaves ------------------------------------------------------------------
+
+
+async def test_silent_and_malformed_requests_are_reset_and_the_responder_keeps_serving(node, peer, modules):
+    server = await modules(node)
+    await server.call("serve", "s", [PROTO], 1000, 0.5)
+    silent = await peer.open(node.addr, [PROTO])  # opens, never sends its request
+    garbage = await peer.open(node.addr, [PROTO])
+    await _libp2p.write(garbage, b"\xff" * 11)  # a varint longer than 10 bytes
+    with trio.fail_after(10):
+        with pytest.raises(StreamReset):
+            await p.read(garbage)
+        with pytest.raises(StreamReset):
+            await p.read(silent)  # the serve timeout (0.5 s) passed
+    good = await peer.open(node.addr, [PROTO])
+    await _libp2p.write(good, lp_frame(b"still there?"))
+    with trio.fail_after(10):
+        assert await read_frame(good) == b"re:still there?"
+    await _libp2p.close_write(good)  # else the node's close lingers for our half-close
+    resets = {r["cause"]: r["count"] for r in (await node_status(node.rpc))["resets"]}
+    assert resets == {"timeout": 1, "limitExceeded": 1}, resets
+    assert server.events_named("request") == [{"data": b"still there?", "peer": peer.peer_id, "protocol": PROTO}]
+    await idle(node, 1)

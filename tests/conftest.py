@@ -15,6 +15,7 @@ import trio_asyncio
 
 from logos_p2p.client import connect
 
+from .support.cpp_harness import cpp, driver, driver_factory, processes  # noqa: F401  (fixtures)
 from .support.modproc import ModuleProcess, start_module
 from .support.nodeproc import NodeProcess, spawn_node, wait_ready
 from .support.peer import Peer, open_peer

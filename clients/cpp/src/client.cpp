@@ -6,7 +6,7 @@
 
 #include <deque>
 
-#include "auth.hpp"
+#include "transport.hpp"
 #include "logos_p2p.capnp.h"
 
 namespace logos::p2p {
@@ -134,37 +134,16 @@ std::shared_ptr<Connection> startConnection(kj::Own<kj::AsyncIoStream> stream) {
 
 }  // namespace
 
+kj::Promise<Node> connect(kj::AsyncIoContext& io, const std::string& address, const ConnectOptions& options) {
+  return transport::open(io, address, options).then([](kj::Own<kj::AsyncIoStream> stream) {
+    return Node(startConnection(kj::mv(stream)));
+  });
+}
+
 kj::Promise<Node> connect(kj::AsyncIoContext& io, const std::string& address, const std::string& token) {
-  bool tcp = address.rfind("tcp:", 0) == 0;
-  if (address.rfind("unix:", 0) != 0 && !tcp) {
-    return fail(ErrorKind::invalidArgument,
-                "this C++ client connects to unix:PATH and tcp:HOST:PORT endpoints (tls: is not implemented): " +
-                    address);
-  }
-  std::string secret;
-  if (tcp) {
-    try {
-      secret = auth::clientToken(token);
-    } catch (const kj::Exception& e) {
-      return kj::cp(e);
-    }
-  }
-  kj::Timer& timer = io.provider->getTimer();
-  std::string target = tcp ? address.substr(4) : address;
-  return io.provider->getNetwork()
-      .parseAddress(target.c_str())
-      .then([](kj::Own<kj::NetworkAddress> addr) { return addr->connect().attach(kj::mv(addr)); })
-      .then(
-          [tcp, secret, &timer](kj::Own<kj::AsyncIoStream> stream) -> kj::Promise<kj::Own<kj::AsyncIoStream>> {
-            if (!tcp) return kj::mv(stream);
-            auto& ref = *stream;
-            return auth::authenticate(ref, timer, secret).then([s = kj::mv(stream)]() mutable { return kj::mv(s); });
-          },
-          [address](kj::Exception&& e) -> kj::Promise<kj::Own<kj::AsyncIoStream>> {
-            return kj::Exception(kj::Exception::Type::DISCONNECTED, __FILE__, __LINE__,
-                                 kj::str("cannot reach the node at ", address.c_str(), ": ", e.getDescription()));
-          })
-      .then([](kj::Own<kj::AsyncIoStream> stream) { return Node(startConnection(kj::mv(stream))); });
+  ConnectOptions options;
+  options.token = token;
+  return connect(io, address, options);
 }
 
 // -- Node ---------------------------------------------------------------------------------------

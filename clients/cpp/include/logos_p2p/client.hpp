@@ -185,10 +185,31 @@ class Node {
   std::shared_ptr<Connection> conn_;
 };
 
-// address: "unix:PATH" or "tcp:HOST:PORT". A tcp: endpoint first runs the token exchange
-// (src/logos_p2p/_auth.py): `token`, else $LOGOS_P2P_TOKEN, $LOGOS_P2P_TOKEN_FILE or this
-// user's default token file; a refusal is AuthenticationFailed. ("tls:" is not implemented:
-// InvalidArgument.)
+// How to reach and trust a node over tcp: and tls: (a unix: endpoint needs none of it).
+struct ConnectOptions {
+  // tcp:/tls: the node's token; "" = $LOGOS_P2P_TOKEN, $LOGOS_P2P_TOKEN_FILE or this user's
+  // default token file (a node on this machine).
+  std::string token;
+  // tls: the node's certificate, pinned: "sha256:<hex of the DER's SHA-256>" as `logos-p2p
+  // info` and the node's ready line print it ("" = $LOGOS_P2P_FINGERPRINT).
+  std::string fingerprint;
+  // tls: without a fingerprint, check the node's chain and host name against this CA file
+  // (PEM; "" = $LOGOS_P2P_TLS_CA). One of the two is needed.
+  std::string caFile;
+  // tls: this client's certificate chain and key (PEM; keyFile "" = in certFile), for a node
+  // that admits clients by certificate (--tls-client-certs).
+  std::string certFile;
+  std::string keyFile;
+  // unix: a uid the node may run as besides this user and root (-1 = $LOGOS_P2P_NODE_UID only)
+  int64_t nodeUid = -1;
+};
+
+// address: "unix:PATH", "tcp:HOST:PORT" or "tls:HOST:PORT". tcp: runs the token exchange
+// (src/logos_p2p/_auth.py) before any Cap'n Proto byte; tls: runs TLS 1.3 first, checks the
+// node's certificate, then the same exchange inside it (or none, when the node admitted this
+// client by its certificate). A refusal is AuthenticationFailed; an unreachable endpoint
+// NodeDisconnected.
+kj::Promise<Node> connect(kj::AsyncIoContext& io, const std::string& address, const ConnectOptions& options);
 kj::Promise<Node> connect(kj::AsyncIoContext& io, const std::string& address, const std::string& token = "");
 
 // Wait on `promise` and throw the typed exception of a failure (errors.hpp).

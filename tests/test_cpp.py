@@ -11,16 +11,24 @@ Debian packages, when Cap'n Proto's compiler or headers are missing). Three prog
   a line protocol; every command runs on a thread of its own, so calls overlap;
 * ``logos-p2p-unary-check`` (tests/support/cpp): the asynchronous C++ API on one kj loop, no
   facade: Node.request, Node.serve, a dropped Stream.
+
+When the ThreadSanitizer cell is selected, the driver is built a second time with
+-DLOGOS_P2P_SANITIZE=thread, in the background from the end of the first build (niced), and
+that cell runs the many-threads scenario against it (tests/support/cpp/tsan.supp says what
+is suppressed and why).
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
+from pathlib import Path
 from typing import Any
 
 import pytest
 import trio
+from libp2p.crypto.ed25519 import create_new_key_pair
 from libp2p.peer.id import ID
 
 from logos_p2p._frames import lp_frame
@@ -29,10 +37,20 @@ from logos_p2p.server import _libp2p
 
 from .conftest import eventually, node_status
 from .support import peer as p
-from .support.cpp_harness import Binaries, CppError, Lines, echo_module, peer_addr, read_frame, sha
+from .support.cpp_harness import (
+    Binaries,
+    CppError,
+    Lines,
+    echo_module,
+    peer_addr,
+    read_frame,
+    sha,
+    tsan_driver,  # noqa: F401  (a fixture)
+    tsan_env,
+)
 from .support.interop import start_peer
 from .support.nodeproc import wait_ready
-from .support.peer import negotiation_failed
+from .support.peer import negotiation_failed, open_peer
 
 MIB = 1024 * 1024
 ECHO = "/echo/1.0.0"
@@ -265,6 +283,10 @@ async def test_node_sigterm_reports_shutdown_and_returns_blocked_calls(driver, n
 
 
 async def test_the_facade_from_many_threads_at_once(driver, node, peer) -> None:
+    await many_threads(driver, node, peer)
+
+
+async def many_threads(driver: Any, node: Any, peer: Any) -> None:
     inbound_proto, outbound_proto = "/cpp/many-in/1.0.0", "/cpp/many-out/1.0.0"
     peer.serve_echo(outbound_proto)
     await driver.call("mount", inbound_proto)
@@ -515,3 +537,266 @@ async def test_a_tcp_endpoint_with_the_token_and_without_it(cpp, processes, node
         return (await node_status(node.rpc))["authFailures"] == 1
 
     await eventually(refused_once)
+
+
+# -- the facade: freed while in use, serve, share, the node's peers and status, bounded events -------
+
+
+async def test_freeing_the_facade_returns_blocked_calls_then_resets_its_streams(driver, node, peer) -> None:
+    proto, served = "/cpp/free/1.0.0", "/cpp/free-served/1.0.0"
+    await driver.call("mount", proto)
+    await driver.call("serve", served, 0, 0, 0)
+    stream = await peer.open(node.addr, [proto])
+    sid = await driver.accept(proto)
+    asking = await peer.open(node.addr, [served])
+    await _libp2p.write(asking, lp_frame(b"hold"))
+    assert (await driver.note()).startswith(f"served {b'hold'.hex()} {peer.peer_id} ")
+    assert await driver.note() == "holding"  # a responder is running, on a facade thread
+    blocked_event = driver.start("event", 0)
+    outcomes: list[tuple[str, str]] = []
+    first_answer = trio.Event()
+
+    async def read_one() -> None:
+        try:
+            await driver.call("read", sid, 100, 0, timeout=30)
+            outcomes.append(("ok", ""))
+        except CppError as exc:
+            outcomes.append((exc.code, exc.cause))
+        first_answer.set()
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(read_one)
+        nursery.start_soon(read_one)
+        with trio.fail_after(10):
+            await first_answer.wait()
+        assert [code for code, _ in outcomes] == ["busy"]  # so the other read is blocked inside
+        started = trio.current_time()
+        freeing = driver.start("free")
+        with pytest.raises(CppError) as info:
+            await driver.result(blocked_event, timeout=5)
+        assert (info.value.code, info.value.cause) == ("nodeDisconnected", "moduleGone"), info.value
+    assert outcomes[1] == ("nodeDisconnected", "moduleGone")
+    assert trio.current_time() - started < 2.0  # promptly, not after some timeout
+    # the held responder, let go by the free, calls the facade: the calls fail, nothing crashes
+    assert await driver.note() == "after-free nodeDisconnected"
+    assert await driver.result(freeing, timeout=10) == []
+    with pytest.raises(StreamReset):  # the facade reset the stream it held
+        await p.read_all(stream, timeout=5)
+    assert p.reset_recorded(stream)
+    with pytest.raises(StreamReset):  # and the request it was answering
+        await p.read_all(asking, timeout=5)
+    with pytest.raises(CppError) as info:  # the driver refuses commands on a freed handle
+        await driver.call("mount", "/cpp/after/1.0.0")
+    assert info.value.message == "the facade was freed"
+    driver.start("quit")
+    with trio.fail_after(10):
+        assert await driver.proc.wait() == 0
+
+    async def gone() -> bool:
+        status = await node_status(node.rpc)
+        return (status["streams"], status["registrations"], status["modules"]) == (0, 0, [])
+
+    await eventually(gone)
+
+
+async def test_a_served_protocol_answers_on_responder_threads_and_a_failing_responder_resets(
+    driver, node, peer
+) -> None:
+    proto = "/cpp/serve/1.0.0"
+    await driver.call("serve", proto, 0, 0, 0)
+    with pytest.raises(CppError) as info:  # served is mounted
+        await driver.call("mount", proto)
+    assert info.value.code == "protocolInUse"
+    request = os.urandom(3000)
+    stream = await peer.open(node.addr, [proto])
+    await _libp2p.write(stream, lp_frame(request))
+    assert await read_frame(stream) == b"re: " + request
+    assert await p.read_all(stream) == b""  # then the node closes it
+    # the responder got the request and the peer's id, and could call the facade itself
+    assert await driver.note() == f"served {request.hex()} {peer.peer_id} {node.peer_id}"
+
+    held = await peer.open(node.addr, [proto])  # a responder that blocks holds up only itself
+    await _libp2p.write(held, lp_frame(b"hold"))
+    assert (await driver.note()).startswith(f"served {b'hold'.hex()} ")
+    assert await driver.note() == "holding"
+    other = await peer.open(node.addr, [proto])
+    await _libp2p.write(other, lp_frame(b"other"))
+    assert await read_frame(other) == b"re: other"
+    assert (await driver.note()).startswith(f"served {b'other'.hex()} ")
+    await driver.call("unhold")
+    assert await read_frame(held) == b"re: hold"
+
+    before = await resets(node, "handlerFailed")
+    failing = await peer.open(node.addr, [proto])
+    await _libp2p.write(failing, lp_frame(b"fail"))
+    with pytest.raises(StreamReset):  # the responder returned nonzero: that stream is reset
+        await p.read_all(failing, timeout=5)
+    assert (await driver.note()).startswith(f"served {b'fail'.hex()} ")
+
+    async def counted() -> bool:
+        return await resets(node, "handlerFailed") == before + 1
+
+    await eventually(counted)
+    await driver.call("unserve", proto)
+    with pytest.raises(CppError) as info:
+        await driver.call("unserve", proto)
+    assert info.value.code == "invalidArgument"
+    with pytest.raises(Exception) as exc:
+        await peer.open(node.addr, [proto])
+    assert negotiation_failed(exc.value), exc.value
+
+
+async def test_two_facades_share_a_protocol_through_the_c_abi(driver_factory, node, peer) -> None:
+    proto = "/cpp/shared/1.0.0"
+    sharing = [await driver_factory(node), await driver_factory(node)]
+    for d in sharing:
+        await d.call("mountshared", proto)
+    alone = await driver_factory(node)
+    with pytest.raises(CppError) as info:  # not sharing: refused
+        await alone.call("mount", proto)
+    assert info.value.code == "protocolInUse"
+    payloads = [b"stream %d " % i + os.urandom(100) for i in range(4)]
+    streams = []
+    for data in payloads:
+        stream = await peer.open(node.addr, [proto])
+        await _libp2p.write(stream, data)
+        await _libp2p.close_write(stream)
+        streams.append(stream)
+    got: list[list[bytes]] = []
+    for d in sharing:  # round-robin: two each
+        ids = [await d.accept(proto), await d.accept(proto)]
+        mine = []
+        for sid in ids:
+            [hex_data] = await d.call("readall", sid, 10000)
+            mine.append(bytes.fromhex(hex_data))
+            await d.call("write", sid, hex_data, 10000)
+            await d.call("close", sid, 10000)
+        got.append(mine)
+    assert [len(mine) for mine in got] == [2, 2]
+    assert sorted(got[0] + got[1]) == sorted(payloads)
+    for stream, data in zip(streams, payloads, strict=True):
+        assert await p.read_all(stream) == data
+
+
+def status_modules(status: dict[str, str]) -> dict[str, list[str]]:
+    return {k.removeprefix("module."): v.split(",") for k, v in status.items() if k.startswith("module.")}
+
+
+async def test_the_facade_connects_lists_and_disconnects_peers_and_reads_the_status(driver, node, peer) -> None:
+    assert await driver.call("peers") == []
+    [peer_id] = await driver.call("connectpeer", peer_addr(peer), 10000)
+    assert peer_id == peer.peer_id
+    [listed] = await driver.call("peers")
+    who, _, addrs = listed.partition("=")
+    assert who == peer.peer_id
+    assert peer.addr.split("/p2p/")[0] in addrs.split(","), listed
+    await driver.call("disconnectpeer", peer.peer_id)
+
+    async def dropped() -> bool:
+        return await driver.call("peers") == []
+
+    await eventually(dropped)
+    nobody = ID.from_pubkey(create_new_key_pair().public_key)
+    with pytest.raises(CppError) as info:  # nothing listens there
+        await driver.call("connectpeer", f"/ip4/127.0.0.1/tcp/1/p2p/{nobody}", 5000)
+    assert info.value.code == "peerUnreachable", info.value
+
+    proto = "/cpp/status/1.0.0"
+    await driver.call("mount", proto)
+    await peer.open(node.addr, [proto])
+    sid = await driver.accept(proto)
+    await driver.call("subscribe", 0)
+    ours, theirs = await driver.status(), await node_status(node.rpc)
+    assert ours["peerId"] == node.peer_id
+    assert (ours["streams"], ours["registrations"], ours["subscriptions"]) == ("1", "1", "1")
+    for key in ("streams", "registrations", "streamsTotal", "subscriptions", "authFailures"):
+        assert int(ours[key]) == theirs[key], key
+    assert status_modules(ours) == {"cpp-driver": ["1", "1", "0", proto]}  # the probe is left out
+    before = int(ours.get("reset.localReset", "0"))
+    assert before == await resets(node, "localReset")
+    await driver.call("reset", sid)
+
+    async def counted() -> bool:
+        status = await driver.status()
+        return int(status.get("reset.localReset", "0")) == before + 1 and status["streams"] == "0"
+
+    await eventually(counted)
+    assert int((await driver.status())["streamsTotal"]) == (await node_status(node.rpc))["streamsTotal"]
+
+
+async def test_a_facade_that_stops_reading_peer_events_holds_a_bounded_queue(driver, node) -> None:
+    await driver.call("subscribe", 2)
+    async with contextlib.AsyncExitStack() as stack:
+        # 20 peers connect (40 events: connected, identified) while the driver reads none: the
+        # facade keeps at most 2 for it, then one overflowed event in place of what it dropped.
+        # (They stay connected: py-libp2p would leave their connections to time out.)
+        for _ in range(20):
+            other = await stack.enter_async_context(open_peer())
+            await other.connect(node.addr)
+        events = [await driver.event()]
+        assert events[0] == ["overflowed"], events
+        late = await stack.enter_async_context(open_peer())
+
+        async def read_on() -> None:  # reading again, the late peer's events come through
+            while events[-1] != ["peerIdentified", late.peer_id]:
+                events.append(await driver.event())
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(read_on)
+            await late.connect(node.addr)
+    kinds = [e[0] for e in events]
+    assert kinds.count("overflowed") == 1, events
+    assert set(kinds[1:]) <= {"peerConnected", "peerIdentified"}, events
+    assert ["peerConnected", late.peer_id] in [e[:2] for e in events], events
+    assert len(events) < 10, events  # not the 40 the node sent: those were dropped
+    assert await subscriptions(node) == 1  # nobody was unsubscribed for being slow
+
+
+def vm_size_kib(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmSize:"):
+            return int(line.split()[1])
+    raise AssertionError("no VmSize")
+
+
+async def test_the_echo_module_reaps_the_thread_of_each_finished_stream(cpp, processes, node, peer) -> None:
+    module, lines = await echo_module(cpp, processes, node)
+
+    async def one(data: bytes) -> None:
+        stream = await peer.open(node.addr, [ECHO])
+        await _libp2p.write(stream, data)
+        await _libp2p.close_write(stream)
+        assert await p.read_all(stream) == data
+        assert await lines.line() == f"echoed {len(data)} bytes"
+
+    for _ in range(4):  # warm up: malloc's per-thread arenas (64 MiB of address space each)
+        await one(b"warm up")
+    before = vm_size_kib(module.pid)
+    for i in range(64):  # one after the other: each stream's thread has finished before the next
+        await one(b"%d" % i)
+    grown = vm_size_kib(module.pid) - before
+    # a finished thread left unjoined keeps its 8 MiB stack: 64 of them would be 512 MiB (the
+    # margin is for an arena or two more)
+    print(f"VmSize grew by {grown} KiB over 64 streams")
+    assert grown < 192 * 1024, grown
+
+
+# -- ThreadSanitizer -------------------------------------------------------------------------------------
+
+
+async def test_the_many_threads_cell_is_clean_under_thread_sanitizer(
+    tsan_driver,  # noqa: F811  (the fixture imported above)
+    driver_factory,
+    node,
+    peer,
+    tmp_path,
+) -> None:
+    log = tmp_path / "tsan"
+    driver = await driver_factory(node, tsan_driver, tsan_env(log))
+    await many_threads(driver, node, peer)
+    driver.start("quit")
+    with trio.fail_after(20):
+        code = await driver.proc.wait()
+    reports = "".join(f.read_text() for f in tmp_path.glob("tsan.*"))
+    assert "WARNING: ThreadSanitizer" not in reports, reports[:20000]
+    assert code == 0, reports[:2000]

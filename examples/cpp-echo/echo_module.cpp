@@ -6,8 +6,13 @@
 // --share: mount with RegisterOptions.share, so several processes can serve the protocol.
 // --quiet: no line per stream (for a benchmark that does not read them).
 // Prints "ready <node peer id>" once mounted, and "echoed <n> bytes" per stream.
-// Each stream is served on a thread of its own: the facade is used from all of them.
+// Each stream is served on a thread of its own: the facade is used from all of them. A
+// thread that finished is joined at once (by a reaper thread), so a long-running module
+// holds threads only for the streams open now.
+#include <condition_variable>
 #include <cstdio>
+#include <functional>
+#include <map>
 #include <mutex>
 #include <string>
 #include <thread>
@@ -26,6 +31,62 @@ void say(const std::string& line) {
   std::printf("%s\n", line.c_str());
   std::fflush(stdout);
 }
+
+// One thread per task; each is joined as soon as it has finished, by the reaper thread.
+class Workers {
+ public:
+  Workers() : reaper_([this]() { reap(); }) {}
+  ~Workers() {
+    {
+      std::unique_lock<std::mutex> lock(mutex_);
+      stopping_ = true;  // the reaper ends once every worker is joined
+    }
+    changed_.notify_all();
+    reaper_.join();
+  }
+  Workers(const Workers&) = delete;
+  Workers& operator=(const Workers&) = delete;
+
+  void start(std::function<void()> task) {
+    std::lock_guard<std::mutex> lock(mutex_);
+    uint64_t key = next_++;
+    running_.emplace(key, std::thread([this, key, task = std::move(task)]() {
+      task();
+      {
+        std::lock_guard<std::mutex> lock(mutex_);
+        finished_.push_back(key);
+      }
+      changed_.notify_all();
+    }));
+  }
+
+ private:
+  void reap() {
+    std::unique_lock<std::mutex> lock(mutex_);
+    while (true) {
+      changed_.wait(lock, [this]() { return !finished_.empty() || (stopping_ && running_.empty()); });
+      if (finished_.empty()) return;  // stopping, and nothing runs
+      std::vector<std::thread> done;
+      for (uint64_t key : finished_) {
+        auto it = running_.find(key);
+        done.push_back(std::move(it->second));
+        running_.erase(it);
+      }
+      finished_.clear();
+      lock.unlock();
+      for (auto& t : done) t.join();  // each has announced its end: this returns promptly
+      lock.lock();
+    }
+  }
+
+  std::mutex mutex_;
+  std::condition_variable changed_;
+  std::map<uint64_t, std::thread> running_;
+  std::vector<uint64_t> finished_;
+  uint64_t next_ = 0;
+  bool stopping_ = false;
+  std::thread reaper_;  // last: started once the rest is built
+};
 
 void echo(Facade& node, uint64_t id) {
   size_t total = 0;
@@ -64,25 +125,24 @@ int main(int argc, char** argv) {
     else
       proto = argv[i];
   }
-  std::vector<std::thread> workers;
   try {
     Facade node(argv[1], "cpp-echo");
+    Workers workers;  // destroyed (every echo joined) before the facade they use
     node.mountProtocol(proto, 10000, share);
     say("ready " + node.peerId());
     while (true) {
       auto event = node.nextEvent();
       if (!event) continue;
       if (event->type == FacadeEvent::Type::protocolStream) {
-        workers.emplace_back(echo, std::ref(node), event->streamId);
+        uint64_t id = event->streamId;
+        workers.start([&node, id]() { echo(node, id); });
       } else if (event->type == FacadeEvent::Type::nodeShutdown ||
                  event->type == FacadeEvent::Type::disconnected) {
         say(std::string("node gone: ") + eventTypeName(event->type));
         break;
       }
     }
-    for (auto& t : workers) t.join();
   } catch (const Error& e) {
-    for (auto& t : workers) t.join();
     std::fprintf(stderr, "cpp-echo-module: %s: %s\n", kindName(e.kind()), e.what());
     return 1;
   }

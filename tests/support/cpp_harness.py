@@ -7,11 +7,12 @@ import contextlib
 import hashlib
 import itertools
 import os
+import shlex
 import shutil
 import signal
 import subprocess
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -37,8 +38,41 @@ class Binaries:
     seconds: float  # the clean build's wall time
 
 
+TSAN_CELL = "thread_sanitizer"  # in the name of the cell that needs the TSan build
+
+
+@dataclass
+class TsanBuild:
+    """The TSan build of the facade driver, run in the background (niced) from the end of the
+    main build, so it overlaps the other cells instead of adding its time to theirs."""
+
+    proc: subprocess.Popen[bytes]
+    log: Path
+    driver: Path
+    started: float
+
+
+_tsan: list[TsanBuild] = []
+
+
+def _start_tsan_build(build: Path) -> TsanBuild:
+    configure = [
+        "cmake", "-S", str(ROOT / "clients" / "cpp"), "-B", str(build),
+        "-DCMAKE_BUILD_TYPE=RelWithDebInfo", "-DLOGOS_P2P_SANITIZE=thread",
+    ]  # fmt: skip
+    compile_ = ["cmake", "--build", str(build), "-j", str(os.cpu_count() or 2), "--target", "logos-p2p-facade-driver"]
+    script = f"{shlex.join(configure)} && {shlex.join(compile_)}"
+    log = build.parent / f"{build.name}.log"
+    with log.open("wb") as out:
+        proc = subprocess.Popen(
+            ["nice", "-n", "19", "sh", "-c", script], stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+        )
+    driver = build / "tests" / "support" / "cpp" / "logos-p2p-facade-driver"
+    return TsanBuild(proc, log, driver, time.monotonic())
+
+
 @pytest.fixture(scope="session")
-def cpp(tmp_path_factory: pytest.TempPathFactory) -> Binaries:
+def cpp(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Binaries]:
     missing = [tool for tool in ("capnp", "capnpc-c++", "cmake", "g++") if shutil.which(tool) is None]
     if not Path("/usr/include/capnp/rpc-twoparty.h").exists():
         missing.append("capnp headers")
@@ -52,13 +86,44 @@ def cpp(tmp_path_factory: pytest.TempPathFactory) -> Binaries:
     ):
         result = subprocess.run(argv, capture_output=True, text=True, timeout=600)
         assert result.returncode == 0, f"{' '.join(argv)} failed:\n{result.stdout[-4000:]}\n{result.stderr[-4000:]}"
-    return Binaries(
+    binaries = Binaries(
         module=build / "examples" / "cpp-echo" / "cpp-echo-module",
         dial=build / "examples" / "cpp-echo" / "cpp-echo-dial",
         driver=build / "tests" / "support" / "cpp" / "logos-p2p-facade-driver",
         unary=build / "tests" / "support" / "cpp" / "logos-p2p-unary-check",
         seconds=time.monotonic() - started,
     )
+    if any(TSAN_CELL in item.name for item in request.session.items):
+        _tsan.append(_start_tsan_build(tmp_path_factory.mktemp("cpp-tsan-build")))
+    try:
+        yield binaries
+    finally:
+        for job in _tsan:  # killed by its id (its own process group: sh, cmake, make, the compilers)
+            if job.proc.poll() is None:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(job.proc.pid, signal.SIGKILL)
+            job.proc.wait(timeout=10)
+
+
+TSAN_SUPPRESSIONS = Path(__file__).parent / "cpp" / "tsan.supp"
+
+
+@pytest.fixture(scope="session")
+def tsan_driver(cpp: Binaries) -> Path:
+    """The facade driver and the library built with -fsanitize=thread (LOGOS_P2P_SANITIZE)."""
+    if not _tsan:
+        pytest.skip(f"the TSan build starts only for a cell named *{TSAN_CELL}*")
+    job = _tsan[0]
+    code = job.proc.wait(timeout=600)
+    assert code == 0, f"the TSan build failed:\n{job.log.read_text()[-4000:]}"
+    print(f"TSan build of the facade driver (in the background): {time.monotonic() - job.started:.1f} s")
+    return job.driver
+
+
+def tsan_env(log: Path) -> dict[str, str]:
+    """TSAN_OPTIONS: every report goes to `log` (.PID appended) and fails the exit code."""
+    options = f"suppressions={TSAN_SUPPRESSIONS} halt_on_error=0 exitcode=66 log_path={log}"
+    return {"TSAN_OPTIONS": options}
 
 
 # -- processes -----------------------------------------------------------------------------------
@@ -116,17 +181,19 @@ class CppError(Exception):
         super().__init__(f"{code} ({cause}): {message}")
         self.code = code
         self.cause = cause
+        self.message = message
 
 
 class Driver:
     """The facade driver: ``await call("read", id, 10, 1000)``, or ``start(...)`` for a call
-    that blocks while others go on."""
+    that blocks while others go on; ``await note()`` for its next "note" line (the responder's)."""
 
     def __init__(self, proc: trio.Process, lines: Lines, nursery: trio.Nursery) -> None:
         self.proc = proc
         self._lines = lines
         self._tags = itertools.count()
         self._pending: dict[str, trio.MemorySendChannel[str]] = {}
+        self._notes_in, self._notes = trio.open_memory_channel[str](1000)
         self._outbox: list[bytes] = []
         self._wake = trio.Event()
         self.closed = trio.Event()
@@ -138,6 +205,9 @@ class Driver:
             while True:
                 line = await self._lines.line(timeout=3600)
                 tag, _, rest = line.partition(" ")
+                if tag == "note":
+                    self._notes_in.send_nowait(rest)
+                    continue
                 channel = self._pending.pop(tag, None)
                 if channel is not None:
                     channel.send_nowait(rest)
@@ -180,6 +250,14 @@ class Driver:
     async def call(self, *args: Any, timeout: float = 20) -> list[str]:
         return await self.result(self.start(*args), timeout)
 
+    async def note(self, timeout: float = 20) -> str:
+        with trio.fail_after(timeout):
+            return await self._notes.receive()
+
+    async def status(self) -> dict[str, str]:
+        """The node's status through the facade (the driver's ``status``), as key -> value."""
+        return dict(item.split("=", 1) for item in await self.call("status"))
+
     async def event(self, timeout_ms: int = 10000) -> list[str]:
         return await self.call("event", timeout_ms, timeout=timeout_ms / 1000 + 10)
 
@@ -192,8 +270,8 @@ class Driver:
 
 @pytest.fixture
 async def driver_factory(cpp: Binaries, processes: Any, nursery: trio.Nursery) -> Any:
-    async def make(node: Any) -> Driver:
-        proc = await processes(cpp.driver, node.rpc, stdin=True)
+    async def make(node: Any, binary: Path | None = None, env: dict[str, str] | None = None) -> Driver:
+        proc = await processes(binary or cpp.driver, node.rpc, stdin=True, env=env)
         lines = Lines(proc)
         ready = await lines.line()
         assert ready == f"ready {node.peer_id}", ready

@@ -5,7 +5,8 @@
  * is filled with the code, the reset cause (for LOGOS_P2P_STREAM_RESET, NODE_SHUTDOWN,
  * NODE_DISCONNECTED) and a NUL-terminated message (truncated to fit).
  * Bytes are pointer + length. Bytes returned by a read are malloc'ed: free them with
- * logos_p2p_free. Strings of an event are freed with logos_p2p_event_clear.
+ * logos_p2p_free. Strings of an event are freed with logos_p2p_event_clear, those of a
+ * status with logos_p2p_node_status_clear.
  */
 #ifndef LOGOS_P2P_H
 #define LOGOS_P2P_H
@@ -98,14 +99,89 @@ const char* logos_p2p_disconnect_reason_name(int reason); /* e.g. "closedByPeer"
 
 int logos_p2p_facade_new(const char* address, const char* module_name, logos_p2p_facade** out,
                          logos_p2p_error* err);
-/* Resets every stream it holds, unmounts its protocols, closes the connection. */
+/* Safe while other threads are inside calls on `facade`: every call blocked in it (a read,
+ * a dial, logos_p2p_next_event, ...) returns at once with LOGOS_P2P_NODE_DISCONNECTED (cause
+ * LOGOS_P2P_CAUSE_MODULE_GONE), and so does every call that begins while it runs; it waits
+ * until no thread is inside a call, then resets every stream the facade holds, unmounts its
+ * protocols (served ones too), closes the connection, waits for the responders that are
+ * running to return, and frees the handle. A responder may call it (or the facade) too.
+ * Once it has returned the handle is gone: using the pointer afterwards is the caller's bug
+ * (the guarantee is for the calls already inside when it began). */
 void logos_p2p_facade_free(logos_p2p_facade* facade);
 
 /* The node's peer id (malloc'ed, logos_p2p_free). */
 int logos_p2p_peer_id(logos_p2p_facade* facade, char** peer_id, logos_p2p_error* err);
 
+/* LOGOS_P2P_PROTOCOL_IN_USE if this facade mounted or served it already, or another module
+ * did (without share on both). */
 int logos_p2p_mount_protocol(logos_p2p_facade* facade, const char* proto, logos_p2p_error* err);
+/* Mounted with share: other modules that share it too may mount it as well; the node hands
+ * inbound streams to them in turn (round-robin). */
+int logos_p2p_mount_protocol_shared(logos_p2p_facade* facade, const char* proto, logos_p2p_error* err);
+/* Unmounts a mounted or served protocol (as logos_p2p_unserve for a served one). */
 int logos_p2p_unmount_protocol(logos_p2p_facade* facade, const char* proto, logos_p2p_error* err);
+
+/* Node.serve: the responder answers one length-prefixed request per inbound stream of
+ * `proto`; the node writes its reply as one length-prefixed frame and closes the stream.
+ * It runs on a thread of the facade's (at most 8 run at once), never on the event loop's:
+ * it may block and may call the facade. `request` (`len` bytes) and `peer_id` are valid
+ * during the call only. To reply, set *reply to `reply_len` bytes from malloc (or leave it
+ * NULL for an empty reply) and return 0; the library frees it. A nonzero return resets the
+ * stream (the peer reads a reset); *reply is freed then too if set. */
+typedef int (*logos_p2p_responder)(void* user, const uint8_t* request, size_t len, const char* peer_id,
+                                   uint8_t** reply, size_t* reply_len);
+/* share: as logos_p2p_mount_protocol_shared; max_size: the largest request (0 = 1 MiB);
+ * timeout_ms: the whole exchange, from the stream's arrival (0 = 30 s). `user` is passed to
+ * every call of `responder` and must stay valid until logos_p2p_unserve (or
+ * logos_p2p_facade_free) has returned. */
+int logos_p2p_serve(logos_p2p_facade* facade, const char* proto, int share, uint32_t max_size, uint32_t timeout_ms,
+                    logos_p2p_responder responder, void* user, logos_p2p_error* err);
+/* Unmounts it; returns once no responder of it runs any more (but the calling one, from
+ * inside a responder). Requests still waiting for a responder are reset. */
+int logos_p2p_unserve(logos_p2p_facade* facade, const char* proto, logos_p2p_error* err);
+
+/* The node's peers. connect: addr is a multiaddr ending in /p2p/<peer id>, timeout_ms 0 =
+ * the node's dial timeout; *peer_id (may be NULL) gets the peer's id (malloc'ed). */
+int logos_p2p_connect_peer(logos_p2p_facade* facade, const char* addr, uint32_t timeout_ms, char** peer_id,
+                           logos_p2p_error* err);
+int logos_p2p_disconnect_peer(logos_p2p_facade* facade, const char* peer_id, logos_p2p_error* err);
+/* The connected peers as one malloc'ed string (logos_p2p_free): one line per peer, each
+ * "<peer id> <remote addr> <remote addr>..." (space-separated: multiaddrs hold no space),
+ * lines ended by '\n'; "" when no peer is connected. */
+int logos_p2p_peers(logos_p2p_facade* facade, char** peers, logos_p2p_error* err);
+
+#define LOGOS_P2P_CAUSE_COUNT 10
+
+typedef struct logos_p2p_module_status { /* one module (RPC connection) of the node */
+  uint64_t id;
+  char* name;      /* as the module named itself: the node does not say which row is yours */
+  char* protocols; /* its registered protocol ids, each ended by '\n' */
+  uint32_t registrations;
+  uint32_t inbound_streams;
+  uint32_t outbound_streams;
+  uint64_t bytes_in;
+  uint64_t bytes_out;
+  uint64_t buffered_bytes;
+  uint64_t bad_messages;
+} logos_p2p_module_status;
+
+typedef struct logos_p2p_node_status { /* Node.status (without limits and refusals) */
+  char* peer_id;
+  uint32_t streams; /* open bridged streams, all modules */
+  uint32_t registrations;
+  uint64_t resets[LOGOS_P2P_CAUSE_COUNT]; /* resets since start, indexed by logos_p2p_cause */
+  uint64_t streams_total;                 /* streams bridged since start */
+  uint32_t tasks;                         /* node tasks in progress (0 when idle) */
+  uint64_t auth_failures;
+  uint32_t reservations;
+  uint32_t subscriptions; /* peer event subscriptions, all modules */
+  logos_p2p_module_status* modules; /* every module of the node, this one included */
+  size_t n_modules;
+} logos_p2p_node_status;
+
+/* Fills *status (free its strings and rows with logos_p2p_node_status_clear). */
+int logos_p2p_status(logos_p2p_facade* facade, logos_p2p_node_status* status, logos_p2p_error* err);
+void logos_p2p_node_status_clear(logos_p2p_node_status* status);
 
 int logos_p2p_dial(logos_p2p_facade* facade, const char* peer_id, const char* proto, const char* const* addrs,
                    size_t n_addrs, uint32_t timeout_ms, uint64_t* stream_id, logos_p2p_error* err);
@@ -116,8 +192,12 @@ int logos_p2p_request(logos_p2p_facade* facade, const char* peer_id, const char*
                       size_t n_addrs, const uint8_t* data, size_t len, uint32_t timeout_ms, uint32_t max_size,
                       uint8_t** reply, size_t* reply_len, logos_p2p_error* err);
 
-/* Peer events from now on, delivered by logos_p2p_next_event (queue_size 0 = the node's 256).
- * Once per facade: a second subscription is LOGOS_P2P_INVALID_ARGUMENT. */
+/* Peer events from now on, delivered by logos_p2p_next_event. queue_size (1..4096, 0 = 256)
+ * bounds the peer events held both by the node and by the facade for a caller that does not
+ * take them: when queue_size are waiting and another comes, they are all dropped for one
+ * LOGOS_P2P_EVENT_OVERFLOWED (resynchronise with logos_p2p_peers); the events after it came
+ * after it. Stream events are never dropped. Once per facade: a second subscription is
+ * LOGOS_P2P_INVALID_ARGUMENT. */
 int logos_p2p_subscribe_peer_events(logos_p2p_facade* facade, uint32_t queue_size, logos_p2p_error* err);
 int logos_p2p_unsubscribe_peer_events(logos_p2p_facade* facade, logos_p2p_error* err);
 

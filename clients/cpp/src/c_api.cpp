@@ -4,6 +4,10 @@
 #include <cstdlib>
 #include <cstring>
 #include <exception>
+#include <stdexcept>
+#include <string>
+#include <utility>
+#include <vector>
 
 #include "logos_p2p/facade.hpp"
 
@@ -89,6 +93,29 @@ void giveBytes(const Bytes& b, uint8_t** data, size_t* len) {
   if (!b.empty()) std::memcpy(*data, b.data(), b.size());
 }
 
+char* joinLines(const std::vector<std::string>& items) {
+  std::string out;
+  for (const auto& item : items) out += item + "\n";
+  char* text = dupString(out);
+  if (text == nullptr) throw std::bad_alloc();
+  return text;
+}
+
+// A C responder as a FacadeResponder: its malloc'ed reply is copied and freed here.
+logos::p2p::FacadeResponder wrapResponder(logos_p2p_responder responder, void* user) {
+  return [responder, user](const Bytes& request, const logos::p2p::FacadeStreamInfo& info) -> Bytes {
+    uint8_t* reply = nullptr;
+    size_t len = 0;
+    int rc = responder(user, request.data(), request.size(), info.peerId.c_str(), &reply, &len);
+    Bytes out;
+    if (rc == 0 && reply != nullptr) out.assign(reply, reply + len);
+    std::free(reply);
+    if (rc != 0) throw std::runtime_error("the responder returned " + std::to_string(rc));
+    if (reply == nullptr && len != 0) throw std::runtime_error("the responder set reply_len but no reply");
+    return out;
+  };
+}
+
 template <typename Read>
 int readInto(logos_p2p_facade* f, uint8_t** data, size_t* len, logos_p2p_error* err, Read&& read) {
   if (!f || !data || !len) return badArgument(err, "facade, data and len must not be NULL");
@@ -155,9 +182,114 @@ int logos_p2p_mount_protocol(logos_p2p_facade* f, const char* proto, logos_p2p_e
   return guarded(err, [&]() { f->facade.mountProtocol(proto); });
 }
 
+int logos_p2p_mount_protocol_shared(logos_p2p_facade* f, const char* proto, logos_p2p_error* err) {
+  if (!f || !proto) return badArgument(err, "facade and proto must not be NULL");
+  return guarded(err, [&]() { f->facade.mountProtocol(proto, 10000, true); });
+}
+
 int logos_p2p_unmount_protocol(logos_p2p_facade* f, const char* proto, logos_p2p_error* err) {
   if (!f || !proto) return badArgument(err, "facade and proto must not be NULL");
   return guarded(err, [&]() { f->facade.unmountProtocol(proto); });
+}
+
+int logos_p2p_serve(logos_p2p_facade* f, const char* proto, int share, uint32_t max_size, uint32_t timeout_ms,
+                    logos_p2p_responder responder, void* user, logos_p2p_error* err) {
+  if (!f || !proto || !responder) return badArgument(err, "facade, proto and responder must not be NULL");
+  return guarded(err, [&]() {
+    logos::p2p::FacadeServeOptions options;
+    options.share = share != 0;
+    options.maxSize = max_size;
+    options.timeoutMs = timeout_ms;
+    f->facade.serve(proto, wrapResponder(responder, user), options);
+  });
+}
+
+int logos_p2p_unserve(logos_p2p_facade* f, const char* proto, logos_p2p_error* err) {
+  if (!f || !proto) return badArgument(err, "facade and proto must not be NULL");
+  return guarded(err, [&]() { f->facade.unserve(proto); });
+}
+
+int logos_p2p_connect_peer(logos_p2p_facade* f, const char* addr, uint32_t timeout_ms, char** peer_id,
+                           logos_p2p_error* err) {
+  if (!f || !addr) return badArgument(err, "facade and addr must not be NULL");
+  if (peer_id) *peer_id = nullptr;
+  return guarded(err, [&]() {
+    auto peer = f->facade.connectPeer(addr, timeout_ms);
+    if (peer_id) {
+      *peer_id = dupString(peer.peerId);
+      if (*peer_id == nullptr) throw std::bad_alloc();
+    }
+  });
+}
+
+int logos_p2p_disconnect_peer(logos_p2p_facade* f, const char* peer_id, logos_p2p_error* err) {
+  if (!f || !peer_id) return badArgument(err, "facade and peer_id must not be NULL");
+  return guarded(err, [&]() { f->facade.disconnectPeer(peer_id); });
+}
+
+int logos_p2p_peers(logos_p2p_facade* f, char** peers, logos_p2p_error* err) {
+  if (!f || !peers) return badArgument(err, "facade and peers must not be NULL");
+  *peers = nullptr;
+  return guarded(err, [&]() {
+    std::vector<std::string> lines;
+    for (const auto& peer : f->facade.peers()) {
+      std::string line = peer.peerId;
+      for (const auto& a : peer.addrs) line += " " + a;
+      lines.push_back(std::move(line));
+    }
+    *peers = joinLines(lines);
+  });
+}
+
+int logos_p2p_status(logos_p2p_facade* f, logos_p2p_node_status* status, logos_p2p_error* err) {
+  if (!f || !status) return badArgument(err, "facade and status must not be NULL");
+  std::memset(status, 0, sizeof(*status));
+  int rc = guarded(err, [&]() {
+    auto s = f->facade.status();
+    status->peer_id = dupString(s.peerId);
+    status->streams = s.streams;
+    status->registrations = s.registrations;
+    for (size_t i = 0; i < LOGOS_P2P_CAUSE_COUNT; ++i) status->resets[i] = s.resets[i];
+    status->streams_total = s.streamsTotal;
+    status->tasks = s.tasks;
+    status->auth_failures = s.authFailures;
+    status->reservations = s.reservations;
+    status->subscriptions = s.subscriptions;
+    if (!s.modules.empty()) {
+      status->modules =
+          static_cast<logos_p2p_module_status*>(std::calloc(s.modules.size(), sizeof(logos_p2p_module_status)));
+      if (status->modules == nullptr) throw std::bad_alloc();
+      status->n_modules = s.modules.size();
+      for (size_t i = 0; i < s.modules.size(); ++i) {
+        const auto& m = s.modules[i];
+        auto& row = status->modules[i];
+        row.id = m.id;
+        row.name = dupString(m.name);
+        row.protocols = joinLines(m.protocols);
+        row.registrations = m.registrations;
+        row.inbound_streams = m.inboundStreams;
+        row.outbound_streams = m.outboundStreams;
+        row.bytes_in = m.bytesIn;
+        row.bytes_out = m.bytesOut;
+        row.buffered_bytes = m.bufferedBytes;
+        row.bad_messages = m.badMessages;
+      }
+    }
+    if (status->peer_id == nullptr) throw std::bad_alloc();
+  });
+  if (rc != LOGOS_P2P_OK) logos_p2p_node_status_clear(status);
+  return rc;
+}
+
+void logos_p2p_node_status_clear(logos_p2p_node_status* status) {
+  if (!status) return;
+  std::free(status->peer_id);
+  for (size_t i = 0; i < status->n_modules; ++i) {
+    std::free(status->modules[i].name);
+    std::free(status->modules[i].protocols);
+  }
+  std::free(status->modules);
+  std::memset(status, 0, sizeof(*status));
 }
 
 int logos_p2p_dial(logos_p2p_facade* f, const char* peer_id, const char* proto, const char* const* addrs,

@@ -165,6 +165,70 @@ kj::Promise<NodeInfo> Node::info() {
   });
 }
 
+namespace {
+PeerInfo toPeerInfo(rpc::PeerInfo::Reader r) {
+  PeerInfo peer;
+  peer.peerId = r.getPeerId().cStr();
+  for (auto a : r.getAddrs()) peer.addrs.emplace_back(a.cStr());
+  return peer;
+}
+}  // namespace
+
+kj::Promise<PeerInfo> Node::connectPeer(const std::string& addr, uint32_t timeoutMs) {
+  auto req = conn_->node.connectPeerRequest();
+  req.setAddr(addr.c_str());
+  req.setTimeoutMs(timeoutMs);
+  return req.send().then([](auto&& answer) { return toPeerInfo(answer.getPeer()); });
+}
+
+kj::Promise<void> Node::disconnectPeer(const std::string& peerId) {
+  auto req = conn_->node.disconnectPeerRequest();
+  req.setPeerId(peerId.c_str());
+  return req.send().ignoreResult();
+}
+
+kj::Promise<std::vector<PeerInfo>> Node::peers() {
+  return conn_->node.peersRequest().send().then([](auto&& answer) {
+    std::vector<PeerInfo> out;
+    for (auto p : answer.getPeers()) out.push_back(toPeerInfo(p));
+    return out;
+  });
+}
+
+kj::Promise<NodeStatus> Node::status() {
+  return conn_->node.statusRequest().send().then([](auto&& answer) {
+    auto r = answer.getStatus();
+    NodeStatus status;
+    status.peerId = r.getPeerId().cStr();
+    for (auto m : r.getModules()) {
+      ModuleStatus row;
+      row.id = m.getId();
+      row.name = m.getName().cStr();
+      for (auto p : m.getProtocols()) row.protocols.emplace_back(p.cStr());
+      row.registrations = m.getRegistrations();
+      row.inboundStreams = m.getInboundStreams();
+      row.outboundStreams = m.getOutboundStreams();
+      row.bytesIn = m.getBytesIn();
+      row.bytesOut = m.getBytesOut();
+      row.bufferedBytes = m.getBufferedBytes();
+      row.badMessages = m.getBadMessages();
+      status.modules.push_back(kj::mv(row));
+    }
+    status.streams = r.getStreams();
+    status.registrations = r.getRegistrations();
+    for (auto c : r.getResets()) {
+      auto i = static_cast<size_t>(c.getCause());
+      if (i < sizeof(status.resets) / sizeof(status.resets[0])) status.resets[i] += c.getCount();
+    }
+    status.streamsTotal = r.getStreamsTotal();
+    status.tasks = r.getTasks();
+    status.authFailures = r.getAuthFailures();
+    status.reservations = r.getReservations();
+    status.subscriptions = r.getSubscriptions();
+    return status;
+  });
+}
+
 kj::Promise<void> Node::setModuleName(const std::string& name) {
   auto req = conn_->node.setModuleNameRequest();
   req.setModuleName(name.c_str());

@@ -114,9 +114,10 @@ ErrorInfo classifyText(const std::string& text) {
     return info;
   }
   for (const auto& k : kKinds) {
-    if (kind == k.name && k.kind != ErrorKind::streamReset && k.kind != ErrorKind::nodeDisconnected) {
-      info.kind = k.kind;
+    if (kind == k.name && k.kind != ErrorKind::streamReset) {
+      info.kind = k.kind;  // nodeDisconnected: this client's own marker (makeException)
       if (k.kind == ErrorKind::nodeShutdown) info.cause = Cause::nodeShutdown;
+      if (k.kind == ErrorKind::nodeDisconnected) info.cause = Cause::moduleGone;
       return info;
     }
   }

@@ -13,6 +13,19 @@
  *   reset ID | release ID
  *   request PEER PROTO ADDR HEX TIMEOUT MAX -> HEX (the reply)
  *   subscribe QUEUE | unsubscribe (peer events)
+ *   mountshared PROTO (logos_p2p_mount_protocol_shared)
+ *   serve PROTO SHARE MAX TIMEOUT | unserve PROTO: the responder (below) answers "re: " + request
+ *   unhold: the responders holding a "hold" request reply now
+ *   connectpeer ADDR TIMEOUT -> PEER | disconnectpeer PEER | peers -> PEER=ADDR,ADDR... per peer
+ *   status -> key=value...: peerId streams registrations streamsTotal tasks subscriptions
+ *             authFailures reservations, reset.CAUSE (the nonzero ones), and per module
+ *             module.NAME=REGISTRATIONS,INBOUND,OUTBOUND,PROTO+PROTO...
+ *   free: frees the facade now, whatever other commands are doing (later commands are refused)
+ * Besides the answers, "note <text>" lines: the responder's, for each request
+ * "note served <request hex> <peer id> <the node's peer id, asked from the responder>";
+ * for a request "fail" it then returns nonzero (the stream is reset); for "hold",
+ * "note holding", then it waits for unhold (then replies) or free (then calls the facade
+ * until a call fails, "note after-free <code>", and returns nonzero).
  *   event TIMEOUT -> none | protocolStream ID PROTO PEER ADDR | streamReset ID CAUSE
  *                    | nodeShutdown | disconnected | peerConnected PEER ADDR DIRECTION
  *                    | peerDisconnected PEER REASON | peerIdentified PEER | overflowed
@@ -30,6 +43,11 @@ static pthread_mutex_t out_lock = PTHREAD_MUTEX_INITIALIZER;
 static pthread_mutex_t count_lock = PTHREAD_MUTEX_INITIALIZER;
 static pthread_cond_t count_cv = PTHREAD_COND_INITIALIZER;
 static int running;
+static pthread_mutex_t hold_lock = PTHREAD_MUTEX_INITIALIZER;
+static pthread_cond_t hold_cv = PTHREAD_COND_INITIALIZER;
+static unsigned long releases; /* hold_lock: unhold commands so far */
+static int freeing;             /* hold_lock: the free command began */
+static int freed;               /* hold_lock: later commands are refused */
 
 static void reply(const char* tag, const char* text) {
   pthread_mutex_lock(&out_lock);
@@ -89,6 +107,108 @@ static void reply_bytes(const char* tag, uint8_t* data, size_t len) {
   logos_p2p_free(data);
 }
 
+static void note(const char* text) { reply("note", text); }
+
+/* hold the caller until unhold; 1 if the facade is being freed instead */
+static int hold(void) {
+  unsigned long seen;
+  int gone;
+  pthread_mutex_lock(&hold_lock);
+  seen = releases;
+  note("holding"); /* after `seen`: an unhold sent once this is read releases it */
+  while (releases == seen && !freeing) pthread_cond_wait(&hold_cv, &hold_lock);
+  gone = freeing;
+  pthread_mutex_unlock(&hold_lock);
+  return gone;
+}
+
+static int responder(void* user, const uint8_t* request, size_t len, const char* peer_id, uint8_t** reply_data,
+                     size_t* reply_len) {
+  logos_p2p_error err;
+  char* node_peer = NULL;
+  char* hex = to_hex(request, len);
+  char* line = malloc(strlen(hex) + strlen(peer_id) + 256);
+  int rc = logos_p2p_peer_id(facade, &node_peer, &err); /* the facade, called from a responder */
+  (void)user;
+  sprintf(line, "served %s %s %s", hex, peer_id, rc == 0 ? node_peer : logos_p2p_code_name(rc));
+  note(line);
+  free(line);
+  free(hex);
+  logos_p2p_free(node_peer);
+  if (len == 4 && memcmp(request, "fail", 4) == 0) return 1;
+  if (len == 4 && memcmp(request, "hold", 4) == 0 && hold()) {
+    char buf[128];
+    /* the facade is being freed: calls now fail (they must not crash) */
+    while ((rc = logos_p2p_peer_id(facade, &node_peer, &err)) == 0) logos_p2p_free(node_peer);
+    snprintf(buf, sizeof buf, "after-free %s", logos_p2p_code_name(rc));
+    note(buf);
+    return 1;
+  }
+  *reply_len = len + 4;
+  *reply_data = malloc(len + 4);
+  memcpy(*reply_data, "re: ", 4);
+  memcpy(*reply_data + 4, request, len);
+  return 0;
+}
+
+/* a growing string */
+struct text {
+  char* data;
+  size_t len, cap;
+};
+
+static void append(struct text* t, const char* s) {
+  size_t n = strlen(s);
+  if (t->len + n + 1 > t->cap) {
+    t->cap = (t->len + n + 1) * 2;
+    t->data = realloc(t->data, t->cap);
+  }
+  memcpy(t->data + t->len, s, n + 1);
+  t->len += n;
+}
+
+/* s with each character of `from` replaced by `to` (malloc'ed) */
+static char* replaced(const char* s, const char* from, char to) {
+  char* out = strdup(s);
+  char* p;
+  for (p = out; *p; ++p)
+    if (strchr(from, *p)) *p = to;
+  return out;
+}
+
+/* "ok " + the status as key=value tokens (malloc'ed) */
+static char* status_line(const logos_p2p_node_status* st) {
+  struct text t = {NULL, 0, 0};
+  char buf[512];
+  size_t i;
+  snprintf(buf, sizeof buf,
+           "ok peerId=%s streams=%u registrations=%u streamsTotal=%llu tasks=%u subscriptions=%u "
+           "authFailures=%llu reservations=%u",
+           st->peer_id, st->streams, st->registrations, (unsigned long long)st->streams_total, st->tasks,
+           st->subscriptions, (unsigned long long)st->auth_failures, st->reservations);
+  append(&t, buf);
+  for (i = 0; i < LOGOS_P2P_CAUSE_COUNT; ++i) {
+    if (st->resets[i] == 0) continue;
+    snprintf(buf, sizeof buf, " reset.%s=%llu", logos_p2p_cause_name((int)i), (unsigned long long)st->resets[i]);
+    append(&t, buf);
+  }
+  for (i = 0; i < st->n_modules; ++i) {
+    const logos_p2p_module_status* m = &st->modules[i];
+    char* name = replaced(m->name, " =", '_');
+    char* protocols = replaced(m->protocols, "\n", '+');
+    size_t n = strlen(protocols);
+    if (n > 0) protocols[n - 1] = '\0'; /* the last line's end */
+    append(&t, " module.");
+    append(&t, name);
+    snprintf(buf, sizeof buf, "=%u,%u,%u,", m->registrations, m->inbound_streams, m->outbound_streams);
+    append(&t, buf);
+    append(&t, protocols);
+    free(name);
+    free(protocols);
+  }
+  return t.data;
+}
+
 #define MAX_ARGS 8
 
 struct command {
@@ -109,6 +229,14 @@ static void run(struct command* c) {
   size_t len = 0;
   int rc = -1;
   memset(&err, 0, sizeof err);
+  pthread_mutex_lock(&hold_lock);
+  rc = freed;
+  pthread_mutex_unlock(&hold_lock);
+  if (rc) {
+    reply(c->tag, "err invalidArgument protocolError the facade was freed");
+    return;
+  }
+  rc = -1;
   if (strcmp(cmd, "mount") == 0 && c->argc == 2) {
     rc = logos_p2p_mount_protocol(facade, a[1], &err);
   } else if (strcmp(cmd, "unmount") == 0 && c->argc == 2) {
@@ -204,6 +332,75 @@ static void run(struct command* c) {
       reply(c->tag, buf);
       return;
     }
+  } else if (strcmp(cmd, "mountshared") == 0 && c->argc == 2) {
+    rc = logos_p2p_mount_protocol_shared(facade, a[1], &err);
+  } else if (strcmp(cmd, "serve") == 0 && c->argc == 5) {
+    rc = logos_p2p_serve(facade, a[1], (int)num(a[2]), (uint32_t)num(a[3]), (uint32_t)num(a[4]), responder, NULL,
+                         &err);
+  } else if (strcmp(cmd, "unserve") == 0 && c->argc == 2) {
+    rc = logos_p2p_unserve(facade, a[1], &err);
+  } else if (strcmp(cmd, "unhold") == 0 && c->argc == 1) {
+    pthread_mutex_lock(&hold_lock);
+    ++releases;
+    pthread_cond_broadcast(&hold_cv);
+    pthread_mutex_unlock(&hold_lock);
+    rc = 0;
+  } else if (strcmp(cmd, "free") == 0 && c->argc == 1) {
+    pthread_mutex_lock(&hold_lock);
+    freeing = freed = 1;
+    pthread_cond_broadcast(&hold_cv);
+    pthread_mutex_unlock(&hold_lock);
+    logos_p2p_facade_free(facade); /* while other commands may be blocked inside it */
+    rc = 0;
+  } else if (strcmp(cmd, "connectpeer") == 0 && c->argc == 3) {
+    char* peer = NULL;
+    rc = logos_p2p_connect_peer(facade, a[1], (uint32_t)num(a[2]), &peer, &err);
+    if (rc == 0) {
+      snprintf(buf, sizeof buf, "ok %s", peer);
+      logos_p2p_free(peer);
+      reply(c->tag, buf);
+      return;
+    }
+  } else if (strcmp(cmd, "disconnectpeer") == 0 && c->argc == 2) {
+    rc = logos_p2p_disconnect_peer(facade, a[1], &err);
+  } else if (strcmp(cmd, "peers") == 0 && c->argc == 1) {
+    char* peers = NULL;
+    rc = logos_p2p_peers(facade, &peers, &err);
+    if (rc == 0) {
+      /* "PEER ADDR ADDR\n..." -> "ok PEER=ADDR,ADDR ..." */
+      char* line = malloc(strlen(peers) + 4);
+      char* out = line + 3;
+      char* p;
+      int first = 1;
+      strcpy(line, "ok ");
+      for (p = peers; *p; ++p) {
+        if (*p == '\n') {
+          *out++ = ' ';
+          first = 1;
+        } else if (*p == ' ') {
+          *out++ = first ? '=' : ',';
+          first = 0;
+        } else {
+          *out++ = *p;
+        }
+      }
+      while (out > line + 2 && out[-1] == ' ') --out;
+      *out = '\0';
+      reply(c->tag, line);
+      free(line);
+      logos_p2p_free(peers);
+      return;
+    }
+  } else if (strcmp(cmd, "status") == 0 && c->argc == 1) {
+    logos_p2p_node_status st;
+    rc = logos_p2p_status(facade, &st, &err);
+    if (rc == 0) {
+      char* line = status_line(&st);
+      logos_p2p_node_status_clear(&st);
+      reply(c->tag, line);
+      free(line);
+      return;
+    }
   } else {
     reply(c->tag, "err invalidArgument protocolError unknown command or wrong arguments");
     return;
@@ -279,7 +476,7 @@ int main(int argc, char** argv) {
   }
   free(line);
   wait_idle();
-  logos_p2p_facade_free(facade);
+  if (!freed) logos_p2p_facade_free(facade);
   printf("bye\n");
   fflush(stdout);
   return 0;

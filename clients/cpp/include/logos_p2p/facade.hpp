@@ -7,8 +7,22 @@
 // times out loses no byte. Stream ids are this facade's own (1, 2, ...), not the node's.
 // Errors are thrown as the exceptions of errors.hpp.
 //
-// Destroying the facade resets every stream it still holds, unmounts its protocols and
-// closes the connection. Do not destroy it while other threads are inside its methods.
+// Destruction is defined while other threads are inside its methods. The destructor
+//   1. makes every call blocked in the facade (a read, a dial, nextEvent, ...) return at
+//      once with NodeDisconnected (cause moduleGone, "the facade is closed"), and every
+//      call that begins from then on fail the same way, without waiting;
+//   2. waits until no thread is inside a facade method any more;
+//   3. resets every stream it still holds, unmounts its protocols (served ones too),
+//      unsubscribes and closes the connection;
+//   4. joins its own threads: the event callback's (after the callback in progress
+//      returns) and the responders' (after the responders in progress return).
+// Events not yet taken when destruction begins are dropped (the callback gets no more), and
+// requests waiting for a responder are reset.
+// Callbacks and responders may call the facade while it is being destroyed (they get
+// NodeDisconnected) and may even destroy it themselves. But a callback or responder that
+// blocks until something the destroying thread would do after the destructor keeps the
+// destructor waiting. Once the destructor has returned the object is gone: a thread that
+// calls it afterwards (it was not inside when destruction began) is the caller's bug.
 #pragma once
 
 #include <cstdint>
@@ -60,11 +74,61 @@ struct FacadeStreamInfo {
   bool outbound = false;
 };
 
+// Facade::serve: the reply to one request (Node.serve), run on one of the facade's
+// responder threads, never on the event loop's; it may block, and may call the facade.
+// Throwing resets that stream (the peer reads a reset; the node counts handlerFailed).
+using FacadeResponder = std::function<Bytes(const Bytes& request, const FacadeStreamInfo& info)>;
+
+struct FacadeServeOptions {
+  bool share = false;      // as mountProtocol's share
+  uint32_t maxSize = 0;    // the largest request accepted; 0 = 1 MiB
+  uint32_t timeoutMs = 0;  // the whole exchange, from the stream's arrival; 0 = 30 s
+};
+
+// At most this many responders run at once (on as many threads, started as needed); further
+// requests wait in line, within their serve timeoutMs.
+constexpr size_t kFacadeResponderThreads = 8;
+
+struct FacadePeerInfo {
+  std::string peerId;
+  std::vector<std::string> addrs;  // remote multiaddrs of the open connections
+};
+
+struct FacadeModuleStatus {  // one module (RPC connection) of the node
+  uint64_t id = 0;
+  std::string name;  // as the module named itself (Facade's moduleName); the node does not
+                     // say which row is the asker's own
+  std::vector<std::string> protocols;
+  uint32_t registrations = 0;
+  uint32_t inboundStreams = 0;
+  uint32_t outboundStreams = 0;
+  uint64_t bytesIn = 0;
+  uint64_t bytesOut = 0;
+  uint64_t bufferedBytes = 0;
+  uint64_t badMessages = 0;
+};
+
+struct FacadeNodeStatus {  // Node.status, without the resource limits and refusals
+  std::string peerId;
+  std::vector<FacadeModuleStatus> modules;  // every module of the node, this one included
+  uint32_t streams = 0;
+  uint32_t registrations = 0;
+  uint64_t resets[10] = {};  // resets since start, indexed by Cause
+  uint64_t streamsTotal = 0;
+  uint32_t tasks = 0;
+  uint64_t authFailures = 0;
+  uint32_t reservations = 0;
+  uint32_t subscriptions = 0;
+  uint64_t resetsOf(Cause cause) const { return resets[static_cast<size_t>(cause)]; }
+  // the first row named `name` (nullptr if none)
+  const FacadeModuleStatus* module(const std::string& name) const;
+};
+
 class Facade {
  public:
   // Connects (blocking) to `address` ("unix:PATH"); throws NodeDisconnected if it cannot.
   explicit Facade(const std::string& address, const std::string& moduleName = "", uint32_t connectTimeoutMs = 10000);
-  ~Facade();
+  ~Facade();  // see above: defined while other threads are inside
   Facade(const Facade&) = delete;
   Facade& operator=(const Facade&) = delete;
 
@@ -74,6 +138,22 @@ class Facade {
   // ProtocolInUse if mounted (by this facade, or by another module without share on both)
   void mountProtocol(const std::string& proto, uint32_t timeoutMs = 10000, bool share = false);
   void unmountProtocol(const std::string& proto, uint32_t timeoutMs = 10000);  // InvalidArgument if not
+
+  // Node.serve: one length-prefixed request per inbound stream of `proto`, answered by
+  // `responder` (see FacadeResponder) as one length-prefixed reply; the node then closes
+  // the stream. ProtocolInUse as mountProtocol. unserve (or unmountProtocol) unmounts it and
+  // returns once no responder of it runs (except the calling one, from inside a responder);
+  // requests still waiting in line are reset, and the responder is not called again.
+  void serve(const std::string& proto, FacadeResponder responder, const FacadeServeOptions& options = {},
+             uint32_t timeoutMs = 10000);
+  void unserve(const std::string& proto, uint32_t timeoutMs = 10000);  // InvalidArgument if not served
+
+  // The node's peers: connect (addr ends in /p2p/<peerId>; timeoutMs 0 = the node's own
+  // dial timeout), disconnect (every connection to it), list the connected ones.
+  FacadePeerInfo connectPeer(const std::string& addr, uint32_t timeoutMs = 0);
+  void disconnectPeer(const std::string& peerId, uint32_t timeoutMs = 10000);
+  std::vector<FacadePeerInfo> peers(uint32_t timeoutMs = 10000);
+  FacadeNodeStatus status(uint32_t timeoutMs = 10000);
 
   // An outbound stream; timeoutMs bounds the dial and the negotiation (0 = the node's 30 s).
   uint64_t dial(const std::string& peerId, const std::string& proto, const std::vector<std::string>& addrs = {},
@@ -85,7 +165,18 @@ class Facade {
                 const std::vector<std::string>& addrs = {}, uint32_t timeoutMs = 0, uint32_t maxSize = 0);
 
   // Peer events from now on, as events of nextEvent/the callback (call once; a second call
-  // is InvalidArgument). queueSize: the node's bound (0 = 256); over it, one overflowed event.
+  // is InvalidArgument). queueSize (1..4096, 0 = 256) bounds the peer events held for this
+  // facade twice over: by the node (for events the facade has not taken yet) and by the
+  // facade itself (for events its owner has not taken yet from nextEvent or the callback).
+  // The facade takes every event from the node at once (the node's queue only fills when the
+  // facade's loop is starved), so it is the facade's bound that a slow owner reaches: when
+  // queueSize peer events are waiting and another comes, the facade drops the waiting ones
+  // and that one too, and queues one overflowed event in their place, as the node does. So
+  // an owner that stops reading costs at most queueSize peer events of memory; the events
+  // after an overflowed event are changes that came after it (resynchronise with peers()).
+  // An overflowed event from the node right after the facade's own is not repeated.
+  // Stream events (protocolStream, streamReset, ...) are never dropped: each is about a
+  // stream the facade holds, and the node's stream limits bound those.
   void subscribePeerEvents(uint32_t queueSize = 0, uint32_t timeoutMs = 10000);
   void unsubscribePeerEvents(uint32_t timeoutMs = 10000);  // InvalidArgument if not subscribed
 
@@ -103,7 +194,8 @@ class Facade {
   size_t streamCount();
 
   // The next event; nullopt when timeoutMs passes (0 = wait as long as it takes). After
-  // the last event (nodeShutdown/disconnected) it throws NodeShutdown/NodeDisconnected.
+  // the last event (nodeShutdown/disconnected) it throws NodeShutdown/NodeDisconnected;
+  // once the facade's destruction began, NodeDisconnected ("the facade is closed").
   std::optional<FacadeEvent> nextEvent(uint32_t timeoutMs = 0);
   // Deliver events to `callback` instead, on a thread of the facade's (which may call the
   // facade). Set it once, before events matter; nextEvent is then not to be used.

@@ -84,14 +84,19 @@ std::string clientToken(const std::string& given) {
   return checked(text);
 }
 
-kj::Promise<void> authenticate(kj::AsyncIoStream& stream, kj::Timer& timer, std::string token) {
+kj::Promise<void> authenticate(kj::AsyncIoStream& stream, kj::Timer& timer, std::string token, bool inTls) {
   auto buf = std::make_shared<std::array<uint8_t, kHello + 3 * kNonce>>();
+  auto hello = std::make_shared<bool>(false);  // the node's hello arrived
   auto exchange =
       stream.tryRead(buf->data(), kHello, kHello)
-          .then([&stream, buf, token](size_t got) -> kj::Promise<void> {
+          .then([&stream, buf, token, inTls, hello](size_t got) -> kj::Promise<void> {
+            *hello = got > 0;
             if (got < kHello || std::memcmp(buf->data(), kMagic, 8) != 0 || (buf->at(8) != 1 && buf->at(8) != 2))
               return refused("the endpoint does not speak logos-p2p token authentication");
-            if (buf->at(8) == 2) return refused("the endpoint skips the token outside TLS: refused");
+            if (buf->at(8) == 2) {
+              if (!inTls) return refused("the endpoint skips the token outside TLS: refused");
+              return kj::READY_NOW;  // the node admitted this client by its certificate
+            }
             if (token.empty())
               return refused(
                   "this node's endpoint needs its token: set $LOGOS_P2P_TOKEN or $LOGOS_P2P_TOKEN_FILE");
@@ -100,24 +105,26 @@ kj::Promise<void> authenticate(kj::AsyncIoStream& stream, kj::Timer& timer, std:
             if (RAND_bytes(answer, kNonce) != 1) return refused("no random bytes for a nonce");
             std::string mine = proof(token, "client", nodeNonce, answer);
             std::memcpy(answer + kNonce, mine.data(), kNonce);
-            return stream.write(answer, 2 * kNonce);
-          })
-          .then([&stream, buf]() { return stream.tryRead(buf->data() + kHello + 2 * kNonce, kNonce, kNonce); })
-          .then([buf, token](size_t got) -> kj::Promise<void> {
-            std::string expected = proof(token, "node", buf->data() + 9, buf->data() + kHello);
-            if (got < kNonce || CRYPTO_memcmp(expected.data(), buf->data() + kHello + 2 * kNonce, kNonce) != 0)
-              return refused(got < kNonce ? "the node refused this client's token"
-                                          : "the node's proof is wrong: it does not know this token");
-            return kj::READY_NOW;
-          },
-                [](kj::Exception&& e) -> kj::Promise<void> {
-                  if (std::string(e.getDescription().cStr()).find("[logos-p2p:") != std::string::npos) return kj::mv(e);
-                  return refused(std::string("the node refused this client's token (") + e.getDescription().cStr() + ")");
+            return stream.write(answer, 2 * kNonce)
+                .then([&stream, buf]() { return stream.tryRead(buf->data() + kHello + 2 * kNonce, kNonce, kNonce); })
+                .then([buf, token](size_t got) -> kj::Promise<void> {
+                  std::string expected = proof(token, "node", buf->data() + 9, buf->data() + kHello);
+                  if (got < kNonce || CRYPTO_memcmp(expected.data(), buf->data() + kHello + 2 * kNonce, kNonce) != 0)
+                    return refused(got < kNonce ? "the node refused this client's token"
+                                                : "the node's proof is wrong: it does not know this token");
+                  return kj::READY_NOW;
                 });
-  return timer.timeoutAfter(5 * kj::SECONDS, kj::mv(exchange)).catch_([](kj::Exception&& e) -> kj::Promise<void> {
-    if (std::string(e.getDescription().cStr()).find("[logos-p2p:") != std::string::npos) return kj::mv(e);
-    return refused("the node did not complete authentication in time");
-  });
+          })
+          .catch_([](kj::Exception&& e) -> kj::Promise<void> {
+            if (std::string(e.getDescription().cStr()).find("[logos-p2p:") != std::string::npos) return kj::mv(e);
+            return refused(std::string("the node refused this client's token (") + e.getDescription().cStr() + ")");
+          });
+  return timer.timeoutAfter(5 * kj::SECONDS, kj::mv(exchange))
+      .catch_([hello, inTls](kj::Exception&& e) -> kj::Promise<void> {
+        if (std::string(e.getDescription().cStr()).find("[logos-p2p:") != std::string::npos) return kj::mv(e);
+        if (*hello || inTls) return refused("the node did not complete authentication in time");
+        return refused("no logos-p2p hello from the endpoint in time (if the node serves tls:, connect with tls:HOST:PORT)");
+      });
 }
 
 }  // namespace logos::p2p::auth

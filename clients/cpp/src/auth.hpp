@@ -14,6 +14,8 @@ std::string clientToken(const std::string& given);
 
 // Prove `token` to the node on `stream` and check its proof back, within 5 s; fails with
 // an authenticationFailed marker.
-kj::Promise<void> authenticate(kj::AsyncIoStream& stream, kj::Timer& timer, std::string token);
+// Inside TLS (`inTls`), a node that admitted this client by its certificate says so in its
+// hello (version 2) and asks for no token.
+kj::Promise<void> authenticate(kj::AsyncIoStream& stream, kj::Timer& timer, std::string token, bool inTls = false);
 
 }  // namespace logos::p2p::auth

@@ -226,7 +226,8 @@ class Node {
   std::shared_ptr<Connection> conn_;
 };
 
-// How to reach and trust a node over tcp: and tls: (a unix: endpoint needs none of it).
+// How to reach and trust a node: tcp: and tls: need a token (tls: a certificate check too);
+// unix: checks that the process behind the socket runs as this user, root or nodeUid.
 struct ConnectOptions {
   // tcp:/tls: the node's token; "" = $LOGOS_P2P_TOKEN, $LOGOS_P2P_TOKEN_FILE or this user's
   // default token file (a node on this machine).

@@ -1,8 +1,18 @@
 # logos-p2p: custom libp2p protocols handled by modules in other processes.
 #
-# A module connects to the node's RPC endpoint (a unix socket by default, or TCP or
-# TLS: the token exchange that comes first on TCP is specified in src/logos_p2p/_auth.py,
-# HMAC-SHA256, and clients/cpp/src/auth.cpp implements it in C++),
+# A module connects to the node's RPC endpoint, then speaks Cap'n Proto's two-party
+# protocol on it (standard framing, unpacked):
+#   unix:PATH      a unix stream socket; a client should check (SO_PEERCRED) that the
+#                  process behind it runs as its own user or root, as ours do;
+#   tcp:HOST:PORT  first a token exchange (src/logos_p2p/_auth.py: a 41-byte hello
+#                  "LP2PAUTH" 0x01 nonce, HMAC-SHA256 proofs both ways), then RPC;
+#   tls:HOST:PORT  TLS 1.3 first. The client checks the node's certificate, pinned by
+#                  its fingerprint ("sha256:" + hex SHA-256 of the certificate's DER,
+#                  as `logos-p2p info` prints it) or against a CA with the host name;
+#                  then the same token exchange inside TLS, except that a node which
+#                  admitted the client by its certificate sends hello version 0x02 and
+#                  asks for no token; then RPC on the same TLS connection.
+# (clients/cpp/src/auth.cpp and tls.cpp implement both in C++, on OpenSSL.) The module
 # takes the bootstrap `Node` capability, registers protocol ids with a `Handler`
 # capability of its own, and then handles each libp2p stream as a `Stream`
 # capability implemented by the node.

@@ -27,7 +27,7 @@ from logos_p2p.server import _libp2p
 from .conftest import eventually, node_status
 from .support import certs
 from .support import peer as p
-from .support.cpp_harness import Binaries, Lines, peer_addr, sha
+from .support.cpp_harness import Binaries, Driver, Lines, peer_addr, sha
 from .support.relay import start_relay
 from .test_security import IMPOSTOR, NOBODY, host_port, token_of
 
@@ -225,3 +225,29 @@ async def test_a_unix_socket_served_by_another_user_is_refused(cpp, processes, t
         proc.kill()
         await proc.wait()
         shutil.rmtree(squat, ignore_errors=True)
+
+
+async def test_the_c_abi_connects_over_tls_with_explicit_options(cpp, processes, tls_node, peer, nursery) -> None:
+    """logos_p2p_facade_connect: the pin and token as options, nothing in the environment;
+    a wrong pin is LOGOS_P2P_AUTHENTICATION_FAILED; with the right one the facade works."""
+    none = {"LOGOS_P2P_FINGERPRINT": "", "LOGOS_P2P_TLS_CA": "", "LOGOS_P2P_TOKEN_FILE": "", "LOGOS_P2P_TOKEN": ""}
+    token = f"token={token_of(tls_node).strip()}"
+    wrong = await processes(cpp.driver, tls_node.rpc, token, "fingerprint=sha256:" + "cd" * 32, env=none)
+    line = await Lines(wrong).line()
+    assert line.startswith("failed authenticationFailed ") and "not the pinned" in line, line
+    with trio.fail_after(10):
+        assert await wrong.wait() == 1
+    proc = await processes(
+        cpp.driver, tls_node.rpc, token, f"fingerprint={tls_node.tls_fingerprint}", stdin=True, env=none
+    )
+    lines = Lines(proc)
+    assert await lines.line() == f"ready {tls_node.peer_id}"
+    driver = Driver(proc, lines, nursery)
+    await driver.call("mount", ECHO)
+    stream = await peer.open(tls_node.addr, [ECHO])
+    sid = await driver.accept(ECHO)
+    payload = os.urandom(200_000)
+    await _libp2p.write(stream, payload)
+    await _libp2p.close_write(stream)
+    [got] = await driver.call("readall", sid, 10000)
+    assert sha(bytes.fromhex(got)) == sha(payload)

@@ -97,8 +97,24 @@ const char* logos_p2p_code_name(int code);   /* e.g. "streamReset" */
 const char* logos_p2p_cause_name(int cause); /* e.g. "remoteReset" */
 const char* logos_p2p_disconnect_reason_name(int reason); /* e.g. "closedByPeer" */
 
+/* address: "unix:PATH", "tcp:HOST:PORT" or "tls:HOST:PORT"; trust from the environment
+ * ($LOGOS_P2P_TOKEN, $LOGOS_P2P_TOKEN_FILE, $LOGOS_P2P_FINGERPRINT, $LOGOS_P2P_TLS_CA). */
 int logos_p2p_facade_new(const char* address, const char* module_name, logos_p2p_facade** out,
                          logos_p2p_error* err);
+
+/* Explicit trust for tcp:/tls: (logos_p2p/options.hpp); NULL or "" fields fall back to the
+ * environment as above. node_uid: unix:, a uid the node may run as besides this user and
+ * root (-1: none). A refused endpoint is LOGOS_P2P_AUTHENTICATION_FAILED. */
+typedef struct logos_p2p_connect_options {
+  const char* token;       /* tcp:/tls: the node's token */
+  const char* fingerprint; /* tls: "sha256:<hex>" of the node's certificate */
+  const char* ca_file;     /* tls: without a fingerprint, check chain and host name */
+  const char* cert_file;   /* tls: this client's certificate chain (PEM) */
+  const char* key_file;    /* its key (NULL: in cert_file) */
+  int64_t node_uid;
+} logos_p2p_connect_options;
+int logos_p2p_facade_connect(const char* address, const char* module_name, const logos_p2p_connect_options* options,
+                             logos_p2p_facade** out, logos_p2p_error* err);
 /* Safe while other threads are inside calls on `facade`: every call blocked in it (a read,
  * a dial, logos_p2p_next_event, ...) returns at once with LOGOS_P2P_NODE_DISCONNECTED (cause
  * LOGOS_P2P_CAUSE_MODULE_GONE), and so does every call that begins while it runs; it waits

@@ -12,12 +12,14 @@
 #include "logos_p2p/facade.hpp"
 
 using logos::p2p::Bytes;
+using logos::p2p::ConnectOptions;
 using logos::p2p::ErrorKind;
 using logos::p2p::Facade;
 
 struct logos_p2p_facade {
   Facade facade;
-  logos_p2p_facade(const char* address, const char* name) : facade(address, name ? name : "") {}
+  logos_p2p_facade(const char* address, const ConnectOptions& options, const char* name)
+      : facade(address, options, name ? name : "") {}
 };
 
 namespace {
@@ -167,7 +169,24 @@ int logos_p2p_facade_new(const char* address, const char* module_name, logos_p2p
                          logos_p2p_error* err) {
   if (!address || !out) return badArgument(err, "address and out must not be NULL");
   *out = nullptr;
-  return guarded(err, [&]() { *out = new logos_p2p_facade(address, module_name); });
+  return guarded(err, [&]() { *out = new logos_p2p_facade(address, ConnectOptions{}, module_name); });
+}
+
+int logos_p2p_facade_connect(const char* address, const char* module_name, const logos_p2p_connect_options* options,
+                             logos_p2p_facade** out, logos_p2p_error* err) {
+  if (!address || !out) return badArgument(err, "address and out must not be NULL");
+  *out = nullptr;
+  ConnectOptions o;
+  if (options) {
+    auto text = [](const char* s) { return std::string(s ? s : ""); };
+    o.token = text(options->token);
+    o.fingerprint = text(options->fingerprint);
+    o.caFile = text(options->ca_file);
+    o.certFile = text(options->cert_file);
+    o.keyFile = text(options->key_file);
+    o.nodeUid = options->node_uid;
+  }
+  return guarded(err, [&]() { *out = new logos_p2p_facade(address, o, module_name); });
 }
 
 void logos_p2p_facade_free(logos_p2p_facade* facade) { delete facade; }

@@ -434,10 +434,11 @@ struct Facade::Impl : std::enable_shared_from_this<Facade::Impl> {
 
   // -- the loop ---------------------------------------------------------------------------------
 
-  void run(std::string address, std::string name, uint32_t connectTimeoutMs, std::promise<void>& ready) {
+  void run(std::string address, ConnectOptions options, std::string name, uint32_t connectTimeoutMs,
+           std::promise<void>& ready) {
     try {
       auto io = kj::setupAsyncIo();
-      auto connecting = connect(io, address);
+      auto connecting = connect(io, address, options);
       if (connectTimeoutMs)
         connecting = io.provider->getTimer().timeoutAfter(connectTimeoutMs * kj::MILLISECONDS, kj::mv(connecting));
       Node node = connecting.wait(io.waitScope);
@@ -565,12 +566,16 @@ struct Facade::Impl : std::enable_shared_from_this<Facade::Impl> {
 };
 
 Facade::Facade(const std::string& address, const std::string& moduleName, uint32_t connectTimeoutMs)
+    : Facade(address, ConnectOptions{}, moduleName, connectTimeoutMs) {}
+
+Facade::Facade(const std::string& address, const ConnectOptions& options, const std::string& moduleName,
+               uint32_t connectTimeoutMs)
     : impl_(std::make_shared<Impl>()) {
   std::promise<void> ready;
   auto started = ready.get_future();
   Impl* impl = impl_.get();
-  impl_->thread = std::thread([impl, address, moduleName, connectTimeoutMs, &ready]() {
-    impl->run(address, moduleName, connectTimeoutMs, ready);
+  impl_->thread = std::thread([impl, address, options, moduleName, connectTimeoutMs, &ready]() {
+    impl->run(address, options, moduleName, connectTimeoutMs, ready);
   });
   try {
     started.get();

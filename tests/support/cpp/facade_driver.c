@@ -435,11 +435,26 @@ int main(int argc, char** argv) {
   char* line = NULL;
   size_t cap = 0;
   ssize_t got;
+  logos_p2p_connect_options options = {NULL, NULL, NULL, NULL, NULL, -1};
+  int explicit_options = 0;
   if (argc < 2) {
-    fprintf(stderr, "usage: %s unix:SOCKET\n", argv[0]);
+    fprintf(stderr, "usage: %s ADDRESS [token=T] [fingerprint=F] [ca=FILE] [cert=FILE] [key=FILE]\n", argv[0]);
     return 2;
   }
-  if (logos_p2p_facade_new(argv[1], "cpp-driver", &facade, &err) != 0 || logos_p2p_peer_id(facade, &peer, &err) != 0) {
+  for (int i = 2; i < argc; ++i) { /* logos_p2p_facade_connect's options */
+    char* eq = strchr(argv[i], '=');
+    if (!eq) continue;
+    *eq = '\0';
+    if (!strcmp(argv[i], "token")) options.token = eq + 1;
+    else if (!strcmp(argv[i], "fingerprint")) options.fingerprint = eq + 1;
+    else if (!strcmp(argv[i], "ca")) options.ca_file = eq + 1;
+    else if (!strcmp(argv[i], "cert")) options.cert_file = eq + 1;
+    else if (!strcmp(argv[i], "key")) options.key_file = eq + 1;
+    explicit_options = 1;
+  }
+  int opened = explicit_options ? logos_p2p_facade_connect(argv[1], "cpp-driver", &options, &facade, &err)
+                                : logos_p2p_facade_new(argv[1], "cpp-driver", &facade, &err);
+  if (opened != 0 || logos_p2p_peer_id(facade, &peer, &err) != 0) {
     printf("failed %s %s\n", logos_p2p_code_name(err.code), err.message);
     return 1;
   }

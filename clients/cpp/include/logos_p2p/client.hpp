@@ -24,6 +24,7 @@
 #include <vector>
 
 #include "logos_p2p/errors.hpp"
+#include "logos_p2p/options.hpp"
 
 namespace logos::p2p {
 
@@ -226,25 +227,6 @@ class Node {
   std::shared_ptr<Connection> conn_;
 };
 
-// How to reach and trust a node: tcp: and tls: need a token (tls: a certificate check too);
-// unix: checks that the process behind the socket runs as this user, root or nodeUid.
-struct ConnectOptions {
-  // tcp:/tls: the node's token; "" = $LOGOS_P2P_TOKEN, $LOGOS_P2P_TOKEN_FILE or this user's
-  // default token file (a node on this machine).
-  std::string token;
-  // tls: the node's certificate, pinned: "sha256:<hex of the DER's SHA-256>" as `logos-p2p
-  // info` and the node's ready line print it ("" = $LOGOS_P2P_FINGERPRINT).
-  std::string fingerprint;
-  // tls: without a fingerprint, check the node's chain and host name against this CA file
-  // (PEM; "" = $LOGOS_P2P_TLS_CA). One of the two is needed.
-  std::string caFile;
-  // tls: this client's certificate chain and key (PEM; keyFile "" = in certFile), for a node
-  // that admits clients by certificate (--tls-client-certs).
-  std::string certFile;
-  std::string keyFile;
-  // unix: a uid the node may run as besides this user and root (-1 = $LOGOS_P2P_NODE_UID only)
-  int64_t nodeUid = -1;
-};
 
 // address: "unix:PATH", "tcp:HOST:PORT" or "tls:HOST:PORT". tcp: runs the token exchange
 // (src/logos_p2p/_auth.py) before any Cap'n Proto byte; tls: runs TLS 1.3 first, checks the

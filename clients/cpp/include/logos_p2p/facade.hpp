@@ -33,6 +33,7 @@
 #include <vector>
 
 #include "logos_p2p/errors.hpp"
+#include "logos_p2p/options.hpp"
 
 namespace logos::p2p {
 
@@ -128,6 +129,10 @@ class Facade {
  public:
   // Connects (blocking) to `address` ("unix:PATH"); throws NodeDisconnected if it cannot.
   explicit Facade(const std::string& address, const std::string& moduleName = "", uint32_t connectTimeoutMs = 10000);
+  // tcp:/tls: with explicit trust (token, pinned fingerprint or CA, client certificate);
+  // without options they come from the environment ($LOGOS_P2P_TOKEN_FILE, ...).
+  Facade(const std::string& address, const ConnectOptions& options, const std::string& moduleName = "",
+         uint32_t connectTimeoutMs = 10000);
   ~Facade();  // see above: defined while other threads are inside
   Facade(const Facade&) = delete;
   Facade& operator=(const Facade&) = delete;

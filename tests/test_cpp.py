@@ -42,6 +42,7 @@ from .support.cpp_harness import (
     CppError,
     Lines,
     echo_module,
+    echo_through,
     peer_addr,
     read_frame,
     sha,
@@ -73,19 +74,7 @@ async def test_the_echo_module_echoes_one_mebibyte_inbound(cpp, processes, node,
     _, lines = await echo_module(cpp, processes, node)
     data = os.urandom(MIB)
     stream = await peer.open(node.addr, [ECHO])
-    got: dict[str, bytes] = {}
-
-    async def send() -> None:
-        for off in range(0, len(data), 65536):
-            await _libp2p.write(stream, data[off : off + 65536])
-        await _libp2p.close_write(stream)
-
-    async def receive() -> None:
-        got["data"] = await p.read_all(stream, timeout=30)
-
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(send)
-        nursery.start_soon(receive)
+    got = {"data": await echo_through(stream, data)}
     assert len(got["data"]) == MIB
     assert sha(got["data"]) == sha(data)
     assert await lines.line() == f"echoed {MIB} bytes"

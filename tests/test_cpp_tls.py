@@ -11,9 +11,6 @@ $LOGOS_P2P_TOKEN_FILE, as a module on another machine would be started) and
 from __future__ import annotations
 
 import os
-import shutil
-import subprocess
-import tempfile
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -27,9 +24,10 @@ from logos_p2p.server import _libp2p
 from .conftest import eventually, node_status
 from .support import certs
 from .support import peer as p
-from .support.cpp_harness import Binaries, Driver, Lines, peer_addr, sha
+from .support.cpp_harness import Binaries, Driver, Lines, echo_through, peer_addr, sha
+from .support.impostor import NOBODY, impostor_socket, needs_root
 from .support.relay import start_relay
-from .test_security import IMPOSTOR, NOBODY, host_port, token_of
+from .test_security import host_port, token_of
 
 MIB = 1024 * 1024
 ECHO = "/echo/1.0.0"
@@ -68,19 +66,7 @@ async def test_the_echo_module_over_tls_echoes_one_mebibyte_and_a_kill_is_a_rese
     assert await lines.line() == f"ready {tls_node.peer_id}"
     data = os.urandom(MIB)
     stream = await peer.open(tls_node.addr, [ECHO])
-    got: dict[str, bytes] = {}
-
-    async def send() -> None:
-        for off in range(0, len(data), 65536):
-            await _libp2p.write(stream, data[off : off + 65536])
-        await _libp2p.close_write(stream)
-
-    async def receive() -> None:
-        got["data"] = await p.read_all(stream, timeout=30)
-
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(send)
-        nursery.start_soon(receive)
+    got = {"data": await echo_through(stream, data)}
     assert sha(got["data"]) == sha(data)
     assert await lines.line() == f"echoed {MIB} bytes"
 
@@ -203,28 +189,12 @@ async def test_a_recording_relay_sees_neither_token_nor_payload(cpp, processes, 
     assert token_of(tls_node).strip().encode() not in captured
 
 
-@pytest.mark.skipif(os.getuid() != 0, reason="runs a process as another user (nobody): needs root")
-async def test_a_unix_socket_served_by_another_user_is_refused(cpp, processes, tmp_path) -> None:
+@needs_root
+async def test_a_unix_socket_served_by_another_user_is_refused(cpp, processes) -> None:
     """As Python's client: another user listens in the node's place."""
-    squat = Path(tempfile.mkdtemp(prefix="logos-p2p-squat-", dir="/tmp"))
-    os.chown(squat, NOBODY, NOBODY)
-    path = squat / "node.sock"
-    python = "/usr/bin/python3"  # the system's: nobody may not enter this checkout's virtualenv
-    if not os.access(python, os.X_OK):
-        pytest.skip(f"no {python} for the impostor")
-    proc = await trio.lowlevel.open_process(
-        [python, "-I", "-c", IMPOSTOR, str(path)], user=NOBODY, group=NOBODY, stdout=subprocess.PIPE, cwd="/"
-    )
-    try:
-        assert proc.stdout is not None
-        with trio.fail_after(10):
-            assert await proc.stdout.receive_some(6) == b"ready\n"
+    async with impostor_socket() as path:
         line = await check(processes, cpp, f"unix:{path}", env={"LOGOS_P2P_NODE_UID": "4242"})
         assert line.startswith("failed authenticationFailed ") and f"runs as uid {NOBODY}" in line, line
-    finally:
-        proc.kill()
-        await proc.wait()
-        shutil.rmtree(squat, ignore_errors=True)
 
 
 async def test_the_c_abi_connects_over_tls_with_explicit_options(cpp, processes, tls_node, peer, nursery) -> None:

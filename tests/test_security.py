@@ -25,6 +25,7 @@ from logos_p2p.errors import AuthenticationFailed, ProtocolInUse
 
 from .conftest import eventually, node_status, run_aio
 from .support import peer as p
+from .support.impostor import NOBODY, impostor_socket, needs_root
 from .support.nodeproc import start_node
 from .support.relay import start_relay
 
@@ -243,45 +244,15 @@ async def test_a_data_channel_token_works_once(node):
 
 # -- the local endpoint: nobody can squat or impersonate the node -------------------------------------
 
-NOBODY = 65534
-IMPOSTOR = """
-import socket, sys, time
-s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-s.bind(sys.argv[1]); s.listen(8)
-print("ready", flush=True)
-while True:
-    conn, _ = s.accept()  # takes connections, as a node would, and keeps them
-"""
 
-
-@pytest.mark.skipif(os.getuid() != 0, reason="runs a process as another user (nobody): needs root")
+@needs_root
 async def test_a_socket_served_by_another_user_is_refused_by_the_client(tmp_path):
     """Another user made the socket directory first and listens in the node's place."""
-    import shutil
-    import subprocess
-    import tempfile
-
-    squat = Path(tempfile.mkdtemp(prefix="logos-p2p-squat-", dir="/tmp"))
-    os.chown(squat, NOBODY, NOBODY)
-    path = squat / "node.sock"
-    python = "/usr/bin/python3"  # the system's: nobody may not enter this checkout's virtualenv
-    if not os.access(python, os.X_OK):
-        pytest.skip(f"no {python} for the impostor")
-    proc = await trio.lowlevel.open_process(
-        [python, "-I", "-c", IMPOSTOR, str(path)], user=NOBODY, group=NOBODY, stdout=subprocess.PIPE, cwd="/"
-    )
-    try:
-        assert proc.stdout is not None
-        with trio.fail_after(10):
-            assert await proc.stdout.receive_some(6) == b"ready\n"
+    async with impostor_socket() as path:
         with pytest.raises(AuthenticationFailed, match=f"runs as uid {NOBODY}"):
             await info_with(f"unix:{path}")
         with pytest.raises(AuthenticationFailed, match=f"runs as uid {NOBODY}"):  # trusting another uid instead
             await info_with(f"unix:{path}", node_uid=4242)
-    finally:
-        proc.kill()
-        await proc.wait()
-        shutil.rmtree(squat, ignore_errors=True)
 
 
 def test_the_node_refuses_symlinked_socket_directories_and_token_files(tmp_path, monkeypatch):

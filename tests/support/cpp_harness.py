@@ -292,6 +292,26 @@ async def echo_module(cpp: Binaries, processes: Any, node: Any) -> tuple[trio.Pr
     return proc, lines
 
 
+async def echo_through(stream: Any, data: bytes, timeout: float = 30) -> bytes:
+    """Write ``data`` in 64 KiB writes, then half-close, while reading back all the echo."""
+    from logos_p2p.server import _libp2p
+
+    got: dict[str, bytes] = {}
+
+    async def send() -> None:
+        for off in range(0, len(data), 65536):
+            await _libp2p.write(stream, data[off : off + 65536])
+        await _libp2p.close_write(stream)
+
+    async def receive() -> None:
+        got["data"] = await p.read_all(stream, timeout=timeout)
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(send)
+        nursery.start_soon(receive)
+    return got["data"]
+
+
 def sha(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 

@@ -49,13 +49,6 @@ const char* eventTypeName(FacadeEvent::Type type) {
   return "unknown";
 }
 
-const FacadeModuleStatus* FacadeNodeStatus::module(const std::string& name) const {
-  for (const auto& m : modules) {
-    if (m.name == name) return &m;
-  }
-  return nullptr;
-}
-
 namespace {
 
 struct Entry {
@@ -91,7 +84,6 @@ FacadeStreamInfo facadeInfo(const StreamInfo& i, uint64_t id) {
   return out;
 }
 
-FacadePeerInfo facadePeer(const PeerInfo& p) { return FacadePeerInfo{p.peerId, p.addrs}; }
 
 // A responder's answer, handed from its thread to the loop's (no kj::Exception crosses).
 struct Answer {
@@ -691,7 +683,7 @@ FacadePeerInfo Facade::connectPeer(const std::string& addr, uint32_t timeoutMs) 
   FacadePeerInfo out;  // filled on the loop thread (call waits), as streamInfo
   uint32_t outer = timeoutMs ? timeoutMs + 2000 : 0;  // the node's timeout error wins
   impl->call(outer, [impl, &addr, timeoutMs, &out]() {
-    return impl->loop->node.connectPeer(addr, timeoutMs).then([&out](PeerInfo peer) { out = facadePeer(peer); });
+    return impl->loop->node.connectPeer(addr, timeoutMs).then([&out](PeerInfo peer) { out = kj::mv(peer); });
   });
   return out;
 }
@@ -707,9 +699,7 @@ std::vector<FacadePeerInfo> Facade::peers(uint32_t timeoutMs) {
   Impl* impl = in.get();
   std::vector<FacadePeerInfo> out;
   impl->call(timeoutMs, [impl, &out]() {
-    return impl->loop->node.peers().then([&out](std::vector<PeerInfo> peers) {
-      for (const auto& p : peers) out.push_back(facadePeer(p));
-    });
+    return impl->loop->node.peers().then([&out](std::vector<PeerInfo> peers) { out = kj::mv(peers); });
   });
   return out;
 }
@@ -719,31 +709,7 @@ FacadeNodeStatus Facade::status(uint32_t timeoutMs) {
   Impl* impl = in.get();
   FacadeNodeStatus out;
   impl->call(timeoutMs, [impl, &out]() {
-    return impl->loop->node.status().then([&out](NodeStatus s) {
-      out.peerId = s.peerId;
-      for (const auto& m : s.modules) {
-        FacadeModuleStatus row;
-        row.id = m.id;
-        row.name = m.name;
-        row.protocols = m.protocols;
-        row.registrations = m.registrations;
-        row.inboundStreams = m.inboundStreams;
-        row.outboundStreams = m.outboundStreams;
-        row.bytesIn = m.bytesIn;
-        row.bytesOut = m.bytesOut;
-        row.bufferedBytes = m.bufferedBytes;
-        row.badMessages = m.badMessages;
-        out.modules.push_back(kj::mv(row));
-      }
-      out.streams = s.streams;
-      out.registrations = s.registrations;
-      std::copy(std::begin(s.resets), std::end(s.resets), std::begin(out.resets));
-      out.streamsTotal = s.streamsTotal;
-      out.tasks = s.tasks;
-      out.authFailures = s.authFailures;
-      out.reservations = s.reservations;
-      out.subscriptions = s.subscriptions;
-    });
+    return impl->loop->node.status().then([&out](NodeStatus s) { out = kj::mv(s); });
   });
   return out;
 }

@@ -24,7 +24,7 @@
 #include <vector>
 
 #include "logos_p2p/errors.hpp"
-#include "logos_p2p/options.hpp"
+#include "logos_p2p/types.hpp"
 
 namespace logos::p2p {
 
@@ -40,42 +40,6 @@ struct NodeInfo {
 };
 
 enum class Direction : uint8_t { inbound, outbound };
-
-// Node.connectPeer / Node.peers: a connected peer and the remote addresses of its connections.
-struct PeerInfo {
-  std::string peerId;
-  std::vector<std::string> addrs;
-};
-
-// Node.status: one module (RPC connection) of the node. The node does not tell a module
-// which row is its own: modules are told apart by the name each gave (setModuleName).
-struct ModuleStatus {
-  uint64_t id = 0;
-  std::string name;
-  std::vector<std::string> protocols;  // registered by this module
-  uint32_t registrations = 0;
-  uint32_t inboundStreams = 0;
-  uint32_t outboundStreams = 0;
-  uint64_t bytesIn = 0;
-  uint64_t bytesOut = 0;
-  uint64_t bufferedBytes = 0;
-  uint64_t badMessages = 0;
-};
-
-// Node.status: what the node holds (the schema's Status without its limits and refusals).
-struct NodeStatus {
-  std::string peerId;
-  std::vector<ModuleStatus> modules;  // every module of the node, this one included
-  uint32_t streams = 0;               // open bridged streams, all modules
-  uint32_t registrations = 0;
-  uint64_t resets[10] = {};           // resets since start, indexed by Cause
-  uint64_t streamsTotal = 0;          // streams bridged since start
-  uint32_t tasks = 0;                 // node tasks in progress (0 when idle)
-  uint64_t authFailures = 0;
-  uint32_t reservations = 0;
-  uint32_t subscriptions = 0;  // peer event subscriptions, all modules
-  uint64_t resetsOf(Cause cause) const { return resets[static_cast<size_t>(cause)]; }
-};
 
 struct StreamInfo {
   uint64_t id = 0;  // the node's id (unique within the node process)

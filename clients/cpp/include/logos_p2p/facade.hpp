@@ -33,7 +33,7 @@
 #include <vector>
 
 #include "logos_p2p/errors.hpp"
-#include "logos_p2p/options.hpp"
+#include "logos_p2p/types.hpp"
 
 namespace logos::p2p {
 
@@ -90,40 +90,10 @@ struct FacadeServeOptions {
 // requests wait in line, within their serve timeoutMs.
 constexpr size_t kFacadeResponderThreads = 8;
 
-struct FacadePeerInfo {
-  std::string peerId;
-  std::vector<std::string> addrs;  // remote multiaddrs of the open connections
-};
-
-struct FacadeModuleStatus {  // one module (RPC connection) of the node
-  uint64_t id = 0;
-  std::string name;  // as the module named itself (Facade's moduleName); the node does not
-                     // say which row is the asker's own
-  std::vector<std::string> protocols;
-  uint32_t registrations = 0;
-  uint32_t inboundStreams = 0;
-  uint32_t outboundStreams = 0;
-  uint64_t bytesIn = 0;
-  uint64_t bytesOut = 0;
-  uint64_t bufferedBytes = 0;
-  uint64_t badMessages = 0;
-};
-
-struct FacadeNodeStatus {  // Node.status, without the resource limits and refusals
-  std::string peerId;
-  std::vector<FacadeModuleStatus> modules;  // every module of the node, this one included
-  uint32_t streams = 0;
-  uint32_t registrations = 0;
-  uint64_t resets[10] = {};  // resets since start, indexed by Cause
-  uint64_t streamsTotal = 0;
-  uint32_t tasks = 0;
-  uint64_t authFailures = 0;
-  uint32_t reservations = 0;
-  uint32_t subscriptions = 0;
-  uint64_t resetsOf(Cause cause) const { return resets[static_cast<size_t>(cause)]; }
-  // the first row named `name` (nullptr if none)
-  const FacadeModuleStatus* module(const std::string& name) const;
-};
+// Node.connectPeer / peers / status, as the asynchronous client has them (logos_p2p/types.hpp).
+using FacadePeerInfo = PeerInfo;
+using FacadeModuleStatus = ModuleStatus;
+using FacadeNodeStatus = NodeStatus;
 
 class Facade {
  public:

@@ -48,6 +48,7 @@ from .support.cpp_harness import (
     sha,
     tsan_driver,  # noqa: F401  (a fixture)
     tsan_env,
+    two_reads,
 )
 from .support.interop import start_peer
 from .support.nodeproc import wait_ready
@@ -155,24 +156,10 @@ async def test_a_timed_out_read_loses_nothing_and_two_reads_are_busy(driver, nod
         await driver.call("read", sid, 100, 200)
     assert info.value.code == "timeout"
     # two reads at once, from two driver threads: whichever reaches the loop second is busy
-    outcomes: list[Any] = []
-    first_answer = trio.Event()
-
-    async def read_one() -> None:
-        try:
-            outcomes.append(await driver.call("read", sid, 100, 0))
-        except CppError as exc:
-            outcomes.append(exc.code)
-        first_answer.set()
-
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(read_one)
-        nursery.start_soon(read_one)
-        with trio.fail_after(10):
-            await first_answer.wait()
-        assert outcomes == ["busy"]  # the other is pending: nothing to read yet
+    async with two_reads(driver, sid) as outcomes:
+        assert [code for code, _ in outcomes] == ["busy"]  # the other is pending: nothing to read yet
         await _libp2p.write(stream, b"abc")
-    assert outcomes == ["busy", [b"abc".hex()]]  # the timed-out read lost nothing either
+    assert outcomes[1] == ("ok", [b"abc".hex()])  # the timed-out read lost nothing either
     await driver.call("closewrite", sid, 5000)
     assert await p.read_all(stream) == b""
     await _libp2p.close_write(stream)
@@ -542,22 +529,7 @@ async def test_freeing_the_facade_returns_blocked_calls_then_resets_its_streams(
     assert (await driver.note()).startswith(f"served {b'hold'.hex()} {peer.peer_id} ")
     assert await driver.note() == "holding"  # a responder is running, on a facade thread
     blocked_event = driver.start("event", 0)
-    outcomes: list[tuple[str, str]] = []
-    first_answer = trio.Event()
-
-    async def read_one() -> None:
-        try:
-            await driver.call("read", sid, 100, 0, timeout=30)
-            outcomes.append(("ok", ""))
-        except CppError as exc:
-            outcomes.append((exc.code, exc.cause))
-        first_answer.set()
-
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(read_one)
-        nursery.start_soon(read_one)
-        with trio.fail_after(10):
-            await first_answer.wait()
+    async with two_reads(driver, sid, timeout=30) as outcomes:
         assert [code for code, _ in outcomes] == ["busy"]  # so the other read is blocked inside
         started = trio.current_time()
         freeing = driver.start("free")

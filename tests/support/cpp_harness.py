@@ -292,6 +292,30 @@ async def echo_module(cpp: Binaries, processes: Any, node: Any) -> tuple[trio.Pr
     return proc, lines
 
 
+@contextlib.asynccontextmanager
+async def two_reads(driver: Driver, sid: int, timeout: float = 20) -> AsyncIterator[list[tuple[str, Any]]]:
+    """Two reads of ``sid`` at once, from two driver threads (no timeout of the facade's);
+    yields their outcomes once the first answered: the one that reached the loop second is
+    busy, so the other is blocked inside the facade. Waits for the second on exit. An
+    outcome is ("ok", the answer's fields) or (code, cause)."""
+    outcomes: list[tuple[str, Any]] = []
+    first_answer = trio.Event()
+
+    async def read_one() -> None:
+        try:
+            outcomes.append(("ok", await driver.call("read", sid, 100, 0, timeout=timeout)))
+        except CppError as exc:
+            outcomes.append((exc.code, exc.cause))
+        first_answer.set()
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(read_one)
+        nursery.start_soon(read_one)
+        with trio.fail_after(10):
+            await first_answer.wait()
+        yield outcomes
+
+
 async def echo_through(stream: Any, data: bytes, timeout: float = 30) -> bytes:
     """Write ``data`` in 64 KiB writes, then half-close, while reading back all the echo."""
     from logos_p2p.server import _libp2p

@@ -535,7 +535,14 @@ async def test_freeing_the_facade_returns_blocked_calls_then_resets_its_streams(
         freeing = driver.start("free")
         with pytest.raises(CppError) as info:
             await driver.result(blocked_event, timeout=5)
-        assert (info.value.code, info.value.cause) == ("nodeDisconnected", "moduleGone"), info.value
+        # Nothing proves the event call got inside nextEvent before the free (the read and
+        # the responder are proven inside); if it came late the driver refused it itself,
+        # since using a freed handle is the caller's bug. Either way it returned.
+        late = (info.value.code, str(info.value).endswith("the facade was freed"))
+        assert (info.value.code, info.value.cause) == ("nodeDisconnected", "moduleGone") or late == (
+            "invalidArgument",
+            True,
+        ), info.value
     assert outcomes[1] == ("nodeDisconnected", "moduleGone")
     assert trio.current_time() - started < 2.0  # promptly, not after some timeout
     # the held responder, let go by the free, calls the facade: the calls fail, nothing crashes

@@ -103,7 +103,8 @@ struct Job {
   std::shared_ptr<ServeState> serve;
   Bytes request;
   FacadeStreamInfo info;
-  kj::Own<kj::CrossThreadPromiseFulfiller<Answer>> fulfiller;
+  // on the heap: GCC 12 -O3 warns (-Wmaybe-uninitialized) about an ExceptionOr of its strings
+  kj::Own<kj::CrossThreadPromiseFulfiller<kj::Own<Answer>>> fulfiller;
 };
 
 thread_local const ServeState* tlsServing = nullptr;  // the responder this thread is running
@@ -365,7 +366,7 @@ struct Facade::Impl : std::enable_shared_from_this<Facade::Impl> {
       }
       lock.unlock();
       LOGOS_P2P_TSAN_RELEASE(job.serve.get());  // the answer's bytes, to the loop (kj's handoff)
-      job.fulfiller->fulfill(kj::mv(answer));
+      job.fulfiller->fulfill(kj::heap<Answer>(kj::mv(answer)));
       job = Job();
       lock.lock();
     }
@@ -398,12 +399,12 @@ struct Facade::Impl : std::enable_shared_from_this<Facade::Impl> {
   // comes back through a cross-thread fulfiller.
   Responder responderFor(std::shared_ptr<ServeState> serve) {
     return [this, serve](Bytes request, StreamInfo info) -> kj::Promise<Bytes> {
-      auto paf = kj::newPromiseAndCrossThreadFulfiller<Answer>();
+      auto paf = kj::newPromiseAndCrossThreadFulfiller<kj::Own<Answer>>();
       submit(Job{serve, kj::mv(request), facadeInfo(info, 0), kj::mv(paf.fulfiller)});
-      return paf.promise.then([serve](Answer answer) -> kj::Promise<Bytes> {
+      return paf.promise.then([serve](kj::Own<Answer> answer) -> kj::Promise<Bytes> {
         LOGOS_P2P_TSAN_ACQUIRE(serve.get());
-        if (answer.ok) return kj::mv(answer.reply);
-        std::string message = "the responder failed: " + answer.error;
+        if (answer->ok) return kj::mv(answer->reply);
+        std::string message = "the responder failed: " + answer->error;
         return kj::Exception(kj::Exception::Type::FAILED, __FILE__, __LINE__, kj::heapString(message.c_str()));
       });
     };

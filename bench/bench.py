@@ -443,6 +443,13 @@ async def measure_scale(workdir: Path, streams: int, modules: int, step: Callabl
         target.stop()
 
 
+def leaf_error(exc: BaseException) -> str:
+    """The first exception inside (nested) exception groups, as ``Type: message``."""
+    while isinstance(exc, BaseExceptionGroup) and exc.exceptions:
+        exc = exc.exceptions[0]
+    return f"{type(exc).__name__}: {exc}"
+
+
 async def node_status(rpc: str) -> dict[str, Any]:
     """The node's status, from `logos-p2p status` (its JSON)."""
     out = await trio.run_process(
@@ -605,8 +612,12 @@ async def main(args: argparse.Namespace) -> None:
             finally:
                 target.stop()
         scale: dict[str, float] = {}
+        scale_failure = ""
         if scaled:
-            scale = await measure_scale(Path(tmp), sizes["scale_streams"], sizes["scale_modules"], progress)
+            try:
+                scale = await measure_scale(Path(tmp), sizes["scale_streams"], sizes["scale_modules"], progress)
+            except Exception as exc:  # a row that fails is reported, the others still run
+                scale_failure = leaf_error(exc)
         targets = [starters[p]() for p in paths]
         samples: dict[str, list[dict[str, float]]] = {t.name: [] for t in targets}
         try:
@@ -634,12 +645,15 @@ async def main(args: argparse.Namespace) -> None:
         "cpus": os.cpu_count(),
         "summary": summary,
         "samples": samples,
-        "scale": scale,
+        "scale": scale or {"failed": scale_failure},
     }
     (results / f"bench-{stamp}.json").write_text(json.dumps(report, indent=2))
     if "direct" in summary and len(summary) > 1:
         chart(summary, results / f"bench-{stamp}.png")
     print(table(summary))
+    if scale_failure:
+        where = f"{sizes['scale_streams']} streams across {sizes['scale_modules']} modules"
+        print(f"\nscale: {where} FAILED: {scale_failure}")
     if scale:
         print(
             f"\nscale: {scale['scale_node_streams']:.0f} streams held across {sizes['scale_modules']} modules; "

@@ -19,6 +19,7 @@
 #include <sstream>
 
 #include "logos_p2p/errors.hpp"
+#include "text.hpp"
 
 namespace logos::p2p::auth {
 
@@ -28,15 +29,8 @@ constexpr size_t kNonce = 32;
 constexpr size_t kHello = 8 + 1 + kNonce;
 const char kMagic[] = "LP2PAUTH";
 
-std::string strip(const std::string& s) {
-  size_t b = 0, e = s.size();
-  while (b < e && std::isspace(static_cast<unsigned char>(s[b]))) ++b;
-  while (e > b && std::isspace(static_cast<unsigned char>(s[e - 1]))) --e;
-  return s.substr(b, e - b);
-}
-
 std::string checked(const std::string& text) {
-  std::string token = strip(text);
+  std::string token = trim(text);
   if (token.size() < 16)
     kj::throwFatalException(makeException(ErrorKind::invalidArgument, "a token must be at least 16 characters"));
   return token;

@@ -167,9 +167,7 @@ const char* logos_p2p_disconnect_reason_name(int reason) {
 
 int logos_p2p_facade_new(const char* address, const char* module_name, logos_p2p_facade** out,
                          logos_p2p_error* err) {
-  if (!address || !out) return badArgument(err, "address and out must not be NULL");
-  *out = nullptr;
-  return guarded(err, [&]() { *out = new logos_p2p_facade(address, ConnectOptions{}, module_name); });
+  return logos_p2p_facade_connect(address, module_name, nullptr, out, err);
 }
 
 int logos_p2p_facade_connect(const char* address, const char* module_name, const logos_p2p_connect_options* options,

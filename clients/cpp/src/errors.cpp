@@ -6,6 +6,8 @@
 #include <cctype>
 #include <cstring>
 
+#include "text.hpp"
+
 namespace logos::p2p {
 
 namespace {
@@ -52,13 +54,6 @@ std::string camel(const std::string& kind) {
     upper = false;
   }
   return out;
-}
-
-std::string trim(const std::string& s) {
-  size_t b = 0, e = s.size();
-  while (b < e && std::isspace(static_cast<unsigned char>(s[b]))) ++b;
-  while (e > b && std::isspace(static_cast<unsigned char>(s[e - 1]))) --e;
-  return s.substr(b, e - b);
 }
 
 std::string lastLine(const std::string& text) {

@@ -73,6 +73,10 @@ const char kClosed[] = "the facade is closed";
 // The failure of a call once destruction began: NodeDisconnected, cause moduleGone.
 kj::Exception closedException() { return makeException(ErrorKind::streamReset, kClosed, Cause::moduleGone); }
 
+kj::Exception mountedHere(const std::string& proto) {
+  return makeException(ErrorKind::protocolInUse, proto + " is already mounted by this facade");
+}
+
 FacadeStreamInfo facadeInfo(const StreamInfo& i, uint64_t id) {
   FacadeStreamInfo out;
   out.streamId = id;
@@ -425,6 +429,19 @@ struct Facade::Impl : std::enable_shared_from_this<Facade::Impl> {
     return reg->unregister().attach(kj::mv(reg));
   }
 
+  // unmountProtocol / unserve from the caller's thread: unmount on the loop, then wait for
+  // the served protocol's running responders (whether or not the node's answer came).
+  void unmountNow(const std::string& proto, bool servedOnly, uint32_t timeoutMs) {
+    std::shared_ptr<ServeState> served;
+    try {
+      call(timeoutMs, [this, &proto, servedOnly, &served]() { return unmount(proto, servedOnly, served); });
+    } catch (...) {
+      if (served) retire(served);
+      throw;
+    }
+    if (served) retire(served);
+  }
+
   // -- the loop ---------------------------------------------------------------------------------
 
   void run(std::string address, ConnectOptions options, std::string name, uint32_t connectTimeoutMs,
@@ -606,7 +623,7 @@ void Facade::mountProtocol(const std::string& proto, uint32_t timeoutMs, bool sh
   Impl* impl = in.get();
   impl->call(timeoutMs, [impl, proto, share]() -> kj::Promise<void> {
     if (impl->loop->mounts.count(proto))
-      return makeException(ErrorKind::protocolInUse, proto + " is already mounted by this facade");
+      return mountedHere(proto);
     auto handler = [impl](Stream stream) {
       if (impl->loop == nullptr || impl->loop->closing) return;  // closing: dropping it resets it
       FacadeEvent ev;
@@ -622,7 +639,7 @@ void Facade::mountProtocol(const std::string& proto, uint32_t timeoutMs, bool sh
     return impl->loop->node.registerProtocols({proto}, handler, options)
         .then([impl, proto](Registration reg) -> kj::Promise<void> {
           if (!impl->loop->mounts.emplace(proto, kj::mv(reg)).second)  // two at once: this one goes
-            return makeException(ErrorKind::protocolInUse, proto + " is already mounted by this facade");
+            return mountedHere(proto);
           return kj::READY_NOW;
         });
   });
@@ -630,15 +647,7 @@ void Facade::mountProtocol(const std::string& proto, uint32_t timeoutMs, bool sh
 
 void Facade::unmountProtocol(const std::string& proto, uint32_t timeoutMs) {
   Inside in(impl_);
-  Impl* impl = in.get();
-  std::shared_ptr<ServeState> served;
-  try {
-    impl->call(timeoutMs, [impl, &proto, &served]() { return impl->unmount(proto, false, served); });
-  } catch (...) {
-    if (served) impl->retire(served);
-    throw;
-  }
-  if (served) impl->retire(served);
+  in.get()->unmountNow(proto, false, timeoutMs);
 }
 
 void Facade::serve(const std::string& proto, FacadeResponder responder, const FacadeServeOptions& options,
@@ -650,7 +659,7 @@ void Facade::serve(const std::string& proto, FacadeResponder responder, const Fa
   state->responder = kj::mv(responder);
   impl->call(timeoutMs, [impl, proto, options, state]() -> kj::Promise<void> {
     if (impl->loop->mounts.count(proto))
-      return makeException(ErrorKind::protocolInUse, proto + " is already mounted by this facade");
+      return mountedHere(proto);
     ServeOptions serveOptions;
     serveOptions.share = options.share;
     serveOptions.maxSize = options.maxSize;
@@ -658,7 +667,7 @@ void Facade::serve(const std::string& proto, FacadeResponder responder, const Fa
     return impl->loop->node.serve({proto}, impl->responderFor(state), serveOptions)
         .then([impl, proto, state](Registration reg) -> kj::Promise<void> {
           if (!impl->loop->mounts.emplace(proto, kj::mv(reg)).second)
-            return makeException(ErrorKind::protocolInUse, proto + " is already mounted by this facade");
+            return mountedHere(proto);
           impl->loop->serves[proto] = state;
           return kj::READY_NOW;
         });
@@ -667,15 +676,7 @@ void Facade::serve(const std::string& proto, FacadeResponder responder, const Fa
 
 void Facade::unserve(const std::string& proto, uint32_t timeoutMs) {
   Inside in(impl_);
-  Impl* impl = in.get();
-  std::shared_ptr<ServeState> served;
-  try {
-    impl->call(timeoutMs, [impl, &proto, &served]() { return impl->unmount(proto, true, served); });
-  } catch (...) {
-    if (served) impl->retire(served);
-    throw;
-  }
-  if (served) impl->retire(served);
+  in.get()->unmountNow(proto, true, timeoutMs);
 }
 
 FacadePeerInfo Facade::connectPeer(const std::string& addr, uint32_t timeoutMs) {

@@ -22,6 +22,7 @@
 #include <vector>
 
 #include "logos_p2p/errors.hpp"
+#include "text.hpp"
 
 namespace logos::p2p::tls {
 
@@ -272,13 +273,8 @@ class TlsStream final : public kj::AsyncIoStream {
 }  // namespace
 
 std::string parseFingerprint(const std::string& text) {
-  std::string value;
-  size_t start = 0;
-  while (start < text.size() && std::isspace(static_cast<unsigned char>(text[start]))) ++start;
-  std::string rest = text.substr(start);
-  while (!rest.empty() && std::isspace(static_cast<unsigned char>(rest.back()))) rest.pop_back();
-  std::string lower;
-  for (char c : rest) lower += static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+  std::string value, lower;
+  for (char c : trim(text)) lower += static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
   if (lower.rfind("sha256:", 0) == 0) lower = lower.substr(7);
   for (char c : lower)
     if (c != ':') value += c;

@@ -396,9 +396,11 @@ SCALE_HOSTS = 10  # client peers for the scale row: the node admits an eighth of
 
 def scale_budget(streams: int) -> int:
     """The smallest memory budget (bytes) whose derived stream limit admits ``streams``
-    (the node admits budget / 64 KiB streams: `server/_limits.py`), in whole MiB."""
-    mib = 1 << 20
-    return -(-streams * 64 * 1024 // mib) * mib + 16 * mib
+    (the node admits budget / (2 x STREAM_COST) streams: `derive_limits`), in whole MiB,
+    and 16 MiB more."""
+    from logos_p2p.server._limits import STREAM_COST, MiB
+
+    return -(-streams * 2 * STREAM_COST // MiB) * MiB + 16 * MiB
 
 
 async def measure_scale(workdir: Path, streams: int, modules: int, step: Callable[[str], None]) -> dict[str, float]:

@@ -391,7 +391,13 @@ async def measure_memory(target: Target, streams: int, step: Callable[[str], Non
             return await idle_memory(hosts, info.peer_id, streams, target.server_pid)
 
 
-SCALE_HOSTS = 10  # client peers for the scale row: the node admits an eighth of its streams per peer
+STREAMS_PER_HOST = 250  # a py-libp2p connection opens at most 256 streams at once (yamux's backlog)
+
+
+def scale_hosts(streams: int) -> int:
+    """Client peers for the scale row: at most STREAMS_PER_HOST streams each, and at least
+    ten, because the node admits an eighth of its streams per peer."""
+    return max(10, -(-streams // STREAMS_PER_HOST))
 
 
 def scale_budget(streams: int) -> int:
@@ -412,7 +418,7 @@ async def measure_scale(workdir: Path, streams: int, modules: int, step: Callabl
     try:
         info = info_from_p2p_addr(multiaddr.Multiaddr(target.addr))
         module_pids = [p.pid for p in target.procs[1:]]
-        async with client_hosts(SCALE_HOSTS) as hosts:
+        async with client_hosts(scale_hosts(streams)) as hosts:
             for host in hosts:
                 await host.connect(info)
             with bounded(step, f"scale: {streams} streams, {modules} modules", seconds=600):

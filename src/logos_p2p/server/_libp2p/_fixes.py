@@ -1,7 +1,8 @@
 """py-libp2p 0.8.1's gaps the node closes by patching it (see the package docstring for
 each): mplex full duplex and resets marked first (2, 1), shielded secure-channel writes
 (5), readers woken when yamux drops their stream (4) or renews their event (8), no
-window update for a finished stream (6). :func:`install_fixes` installs them, once, process-wide."""
+window update for a finished stream (6), window updates at half a window (9).
+:func:`install_fixes` installs them, once, process-wide."""
 
 from __future__ import annotations
 
@@ -88,6 +89,7 @@ def install_fixes() -> None:
     Mplex._handle_reset = handle_reset  # type: ignore[method-assign]
     SecureSession.write = _whole_write(SecureSession.write)  # type: ignore[method-assign]
     YamuxStream.send_window_update = _while_receiving(YamuxStream.send_window_update)  # type: ignore[method-assign]
+    YamuxStream._auto_tune_and_send_window_update = _update_at_half_window  # type: ignore[method-assign]
     Yamux._finalize_stream_locked = _waking_its_reader(Yamux._finalize_stream_locked)  # type: ignore[method-assign]
     Yamux._sweep_stale_streams = _waking_dropped_readers(Yamux._sweep_stale_streams)  # type: ignore[method-assign]
     _fixes_installed = True
@@ -165,3 +167,31 @@ def _while_receiving(original: Any) -> Any:
         await original(self, increment, skip_lock)
 
     return send_window_update
+
+
+# The first read of a stream doubles its window this many times (256 KiB -> 1 MiB), as
+# py-libp2p's per-read updates did within the first few reads, so a peer may still write
+# a MiB before the module reads (the gate may refuse each doubling).
+EARLY_DOUBLINGS = 2
+
+
+async def _update_at_half_window(self: YamuxStream, *, bytes_read: int = 0) -> None:
+    """Fix 9: give the peer its window back once half of it was read (go-yamux's rule),
+    not after every read; the first read grows the window at once.
+
+    ``bytes_read`` is only a hint here: what was read and not yet given back is the
+    shortfall of what the peer may send (window plus unread bytes) against the target."""
+    async with self.window_lock:
+        buffered = len(self.conn.stream_buffers.get(self.stream_id, b""))
+        target = self.target_recv_window
+        shortfall = target - (self.recv_window + buffered)
+        first = not getattr(self, "_logos_grown", False)
+        if not first and shortfall < target // 2:
+            return
+        self._logos_grown = True  # type: ignore[attr-defined]
+        increment = max(shortfall, 0)
+        self.recv_window += increment
+        for _ in range(EARLY_DOUBLINGS if first else 1):
+            increment += self._apply_autotune_epoch(buffered)  # grows the target (and the window) or not
+    if increment > 0:
+        await self.send_window_update(increment, skip_lock=True)

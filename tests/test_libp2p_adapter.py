@@ -135,7 +135,15 @@ async def test_take_hands_over_held_bytes_and_credit_gives_the_window_back(pair)
     assert _libp2p.take(ours, 5000) is None
     assert receiver.recv_window == window  # nothing given back yet
     await _libp2p.credit(ours, 3000)
-    assert receiver.recv_window >= window + 3000  # given back (and sent: yamux's own update path)
+    assert receiver.recv_window == window  # owed: the window comes back once half of it was read (fix 9)
+    half = receiver.target_recv_window // 2
+    await _libp2p.write(theirs, b"x" * half)
+    taken = 0
+    while taken < half:
+        await _held(ours)
+        taken += len(_libp2p.take(ours, 65536) or b"")
+        await _libp2p.credit(ours, taken)
+    assert receiver.recv_window > window  # given back, the 3000 owed with it
 
 
 async def test_wait_more_returns_at_end_of_stream_and_at_a_reset(pair):
@@ -328,3 +336,63 @@ async def test_a_reset_reaches_a_watcher_whose_wake_up_event_a_reader_replaced()
             with trio.fail_after(5):
                 await ended.wait()
         assert muxed.reset_received
+
+
+async def test_window_updates_go_at_half_a_window_and_the_first_read_grows_it(monkeypatch):
+    """Fix 9: reading a stream in small pieces gives the window back once half of it was
+    read, not after each read (py-libp2p sent an update per read: a Noise message and a TCP
+    send each); the first read doubles the window twice, so the peer may still write most
+    of a MiB before anyone reads."""
+    _libp2p.install_fixes()
+    recorder = FrameRecorder()
+    recorder.install(monkeypatch)
+    async with open_peer("yamux") as a, open_peer("yamux") as b:
+        incoming = b.serve(PROTO)
+        ours = await a.open(b.addr, [PROTO])
+        with trio.fail_after(5):
+            theirs = await incoming.receive()
+        mark = recorder.mark()
+        for i in range(100):
+            await _libp2p.write(theirs, bytes([i]) * 100)
+            assert await _libp2p.read(ours, 100) == bytes([i]) * 100
+        updates = [f for f in recorder.since(mark, stream_key(theirs)) if f.kind == "window"]
+        assert len(updates) <= 1  # the first read's (and none after): 10,000 bytes of a 1 MiB window
+        assert ours.muxed_stream.target_recv_window == 1024 * 1024
+        with trio.fail_after(5):
+            await _libp2p.write(theirs, b"m" * (1024 * 1024 - 20_000))  # nobody reads: the window holds it
+        got = bytearray()
+        while len(got) < 1024 * 1024 - 20_000:
+            got += await _libp2p.read(ours, 65536) or b""
+        assert bytes(got) == b"m" * (1024 * 1024 - 20_000)
+
+
+def test_a_gated_connection_keeps_the_sum_of_the_windows_it_granted():
+    """The room to grow a window is counted per connection (a sum kept as streams come, grow
+    and go), not by visiting every stream: at 10,000 streams that visit was 64% of the node's
+    time while streams opened."""
+    from libp2p.stream_muxer.yamux.yamux import DEFAULT_WINDOW_SIZE
+
+    from logos_p2p.server._libp2p._books import _promised, _Streams
+
+    class Stream:
+        def __init__(self, target: int) -> None:
+            self.target_recv_window = target
+
+    class Conn:
+        streams = _Streams()
+
+    table = Conn.streams
+    table[1] = Stream(DEFAULT_WINDOW_SIZE)
+    table[3] = Stream(4 * DEFAULT_WINDOW_SIZE)
+    table[5] = Stream(2 * DEFAULT_WINDOW_SIZE)
+    assert table.granted == 4 * DEFAULT_WINDOW_SIZE
+    assert _promised(Conn, 1000) == 3 * (DEFAULT_WINDOW_SIZE + 1000) + 4 * DEFAULT_WINDOW_SIZE
+    del table[3]
+    assert table.granted == DEFAULT_WINDOW_SIZE
+    table[5] = Stream(DEFAULT_WINDOW_SIZE)  # replaced
+    assert table.granted == 0
+    table[7] = Stream(8 * DEFAULT_WINDOW_SIZE)
+    assert table.pop(7).target_recv_window == 8 * DEFAULT_WINDOW_SIZE and table.pop(7, None) is None
+    assert table.granted == 0 and len(table) == 2
+    table.clear()
+    assert table.granted == 0 and _promised(Conn, 1000) == 0

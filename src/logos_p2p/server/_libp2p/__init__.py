@@ -3,7 +3,8 @@
 Everything else in the node talks to libp2p through this package, and every libp2p,
 muxer or socket error is translated here into the logos-p2p family. Its parts:
 :mod:`._fixes` (the patches below), :mod:`._io` (stream I/O), :mod:`._gate` (the
-resource manager inside py-libp2p) and :mod:`._host` (identity, host, dialing).
+resource manager inside py-libp2p, with :mod:`._books`: what a gated connection's muxer
+holds) and :mod:`._host` (identity, host, dialing).
 
 py-libp2p 0.8.1 gaps closed here (each one small and documented):
 
@@ -83,8 +84,18 @@ py-libp2p 0.8.1 gaps closed here (each one small and documented):
    :func:`install_fixes` gives each yamux connection a table that sets the
    event it replaces; a waiter woken that way re-checks and waits on the new one.
 
+9. **A window update after every read.** py-libp2p's yamux gives the peer back the
+   bytes of each read at once, so every small message costs the reader a window update
+   (a Noise message and a TCP send) and the peer as much to take it: five per stream
+   opened and echoed once. go-yamux sends one when half the window was read.
+   :func:`install_fixes` makes yamux do the same; the first read of a stream doubles its
+   window twice at once (to 1 MiB, as py-libp2p's per-read updates did within the
+   first few reads), so a peer may still write most of a MiB before the module reads.
+   The gate caps that growth as it caps every other.
+
 Upstream: 1, 2, 4, 5, 6, 7 and 8 are py-libp2p bugs worth reporting with these
-descriptions; 3 is by design there ("yamux has no deadlines").
+descriptions; 3 is by design there ("yamux has no deadlines"); 9 is a cost worth
+reporting.
 """
 
 from libp2p.stream_muxer.yamux.yamux import YamuxStream as YamuxStream

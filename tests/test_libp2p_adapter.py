@@ -6,6 +6,7 @@ One test per py-libp2p 0.8.1 gap the adapter closes.
 from __future__ import annotations
 
 import contextlib
+import struct
 from typing import Any
 
 import pytest
@@ -396,3 +397,46 @@ def test_a_gated_connection_keeps_the_sum_of_the_windows_it_granted():
     assert table.granted == 0 and len(table) == 2
     table.clear()
     assert table.granted == 0 and _promised(Conn, 1000) == 0
+
+
+async def test_raw_tcp_calls_keep_py_libp2p_s_stream_semantics():
+    """Fix 10: the node's TCP reads and writes skip trio's socket stream (and its
+    checkpoints) but keep what py-libp2p's callers rely on: every byte, each write whole
+    and in order under concurrent writers, b"" at end of stream and once closed here, and
+    a peer's reset as ConnectionClosedError."""
+    import socket
+
+    from libp2p.io.exceptions import ConnectionClosedError
+    from libp2p.io.trio import TrioTCPStream
+
+    _libp2p.install_fixes()
+    a, b = trio.socket.socketpair()
+    ours, theirs = TrioTCPStream(trio.SocketStream(a)), TrioTCPStream(trio.SocketStream(b))
+    chunks = [bytes([i]) * 700_000 for i in range(4)]  # each more than the socket buffers hold
+    got = bytearray()
+
+    async def reader() -> None:
+        while len(got) < sum(map(len, chunks)):
+            got.extend(await theirs.read(65536))
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(reader)
+        for chunk in chunks:
+            nursery.start_soon(ours.write, chunk)
+    runs = [bytes(got[i : i + 700_000]) for i in range(0, len(got), 700_000)]
+    assert sorted(runs) == sorted(chunks)  # each write whole, none interleaved
+    assert await theirs.read(0) == b""
+
+    await ours.close()
+    assert await theirs.read(10) == b""  # the peer's end of stream
+    assert await ours.read(10) == b""  # closed here
+    await ours.write(b"dropped")  # closed here: nothing, as py-libp2p's
+
+    c, d = trio.socket.socketpair()
+    mine = TrioTCPStream(trio.SocketStream(c))
+    d.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    await mine.write(b"unread")  # d never reads it: closing d resets
+    d.close()
+    with pytest.raises(ConnectionClosedError):
+        for _ in range(3):
+            await mine.write(b"x" * 65536)

@@ -1,0 +1,96 @@
+"""Fix 10: the node's TCP connections read and write with raw non-blocking calls.
+
+py-libp2p's ``TrioTCPStream`` takes a trio lock and goes through trio's socket stream
+for every read and write: each costs scheduler checkpoints even when the call succeeds
+at once, and a Noise message is two reads (its length, then its body) and one write.
+These do the call directly and wait (for the socket, or for the lock another reader or
+writer holds) only when they must; errors and end of stream read as py-libp2p's do.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import trio
+from libp2p.io.exceptions import ConnectionClosedError
+from libp2p.io.trio import TrioTCPStream
+
+RECEIVE_SIZE = 65536  # trio's default for receive_some(None)
+
+
+def _broken(error: OSError) -> ConnectionClosedError:
+    return ConnectionClosedError(f"TCP connection reset by remote peer: {error}", transport="tcp")
+
+
+async def read(self: TrioTCPStream, n: int | None = None) -> bytes:
+    """Up to ``n`` bytes (65,536 if None), waiting only when none are there; b"" at end
+    of stream or once closed here (as py-libp2p's read)."""
+    if n == 0:
+        return b""
+    size = RECEIVE_SIZE if n is None else n
+    await trio.lowlevel.checkpoint_if_cancelled()
+    if self.read_lock.locked():  # another reader waits: after it
+        async with self.read_lock:
+            return await _receive(self.stream.socket, size)
+    self.read_lock.acquire_nowait()
+    try:
+        return await _receive(self.stream.socket, size)
+    finally:
+        self.read_lock.release()
+
+
+async def _receive(sock: Any, size: int) -> bytes:
+    while True:
+        fd = sock.fileno()
+        if fd == -1:
+            return b""
+        try:
+            return os.read(fd, size)
+        except (BlockingIOError, InterruptedError):
+            pass
+        except OSError as error:
+            raise _broken(error) from error
+        try:
+            await trio.lowlevel.wait_readable(fd)
+        except trio.ClosedResourceError:
+            return b""
+
+
+async def write(self: TrioTCPStream, data: bytes) -> None:
+    """All of ``data``, waiting only when the socket is full or another write is under
+    way; nothing once closed here (as py-libp2p's write)."""
+    await trio.lowlevel.checkpoint_if_cancelled()
+    if self.write_lock.locked():
+        async with self.write_lock:
+            await _send_all(self.stream.socket, memoryview(data))
+        return
+    self.write_lock.acquire_nowait()
+    try:
+        await _send_all(self.stream.socket, memoryview(data))
+    finally:
+        self.write_lock.release()
+
+
+async def _send_all(sock: Any, view: memoryview) -> None:
+    while view:
+        fd = sock.fileno()
+        if fd == -1:
+            return
+        try:
+            view = view[os.write(fd, view) :]
+            continue
+        except (BlockingIOError, InterruptedError):
+            pass
+        except OSError as error:
+            raise _broken(error) from error
+        try:
+            await trio.lowlevel.wait_writable(fd)
+        except trio.ClosedResourceError:
+            return
+
+
+def install() -> None:
+    """Replace ``TrioTCPStream``'s read and write (process-wide, once: ``install_fixes``)."""
+    TrioTCPStream.read = read  # type: ignore[method-assign]
+    TrioTCPStream.write = write  # type: ignore[method-assign]

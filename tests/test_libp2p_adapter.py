@@ -440,3 +440,69 @@ async def test_raw_tcp_calls_keep_py_libp2p_s_stream_semantics():
     with pytest.raises(ConnectionClosedError):
         for _ in range(3):
             await mine.write(b"x" * 65536)
+
+
+async def test_an_inbound_stream_s_ack_rides_on_its_first_frame(monkeypatch):
+    """Fix 11: the accepting side sets ACK on the stream's first frame (multistream-select's
+    header) instead of sending a bare window update for it (py-libp2p did: a Noise message
+    and a TCP send per stream)."""
+    _libp2p.install_fixes()
+    recorder = FrameRecorder()
+    recorder.install(monkeypatch)
+    async with open_peer("yamux") as a, open_peer("yamux") as b:
+        incoming = b.serve(PROTO)
+        ours = await a.open(b.addr, [PROTO])
+        with trio.fail_after(5):
+            theirs = await incoming.receive()
+        await _libp2p.write(theirs, b"hello")
+        assert await _libp2p.read(ours, 5) == b"hello"
+        frames = recorder.of(stream_key(ours))
+        assert frames[0].kind == "data" and frames[0].flags == {"ack"}, frames
+        assert [f for f in frames if f.kind == "window" and f.flags == {"ack"}] == []
+        assert sum("ack" in f.flags for f in frames) == 1
+
+
+async def test_a_held_ack_goes_on_whatever_frame_the_stream_sends_first():
+    """Fix 11, frame by frame: a bare ACK for a stream in the table is held; that stream's
+    next frame (here an RST) carries it; other streams' frames and an ACK for a stream not
+    in the table go out as they are; a stream leaving the table forgets its held ACK."""
+    from libp2p.stream_muxer.yamux import yamux as y
+
+    from logos_p2p.server._libp2p import _frames
+
+    sent: list[bytes] = []
+
+    async def original(self: Any, data: bytes) -> None:
+        sent.append(data)
+
+    def finalize(self: Any, stream: Any, fully_closed: bool = False) -> None:
+        self.streams.pop(stream.stream_id, None)
+
+    write_frame = _frames._write_with_ack(original)
+    forget = _frames._forgetting_acks(finalize)
+
+    def frame(typ: int, flags: int, sid: int, length: int = 0) -> bytes:
+        return struct.pack(y.YAMUX_HEADER_FORMAT, 0, typ, flags, sid, length)
+
+    class Conn:
+        streams: dict[int, Any] = {2: None, 4: None, 6: None}
+
+    class Stream:
+        def __init__(self, sid: int) -> None:
+            self.stream_id = sid
+
+    conn = Conn()
+    for sid in (2, 4, 6):
+        await write_frame(conn, frame(y.TYPE_WINDOW_UPDATE, y.FLAG_ACK, sid))
+    await write_frame(conn, frame(y.TYPE_WINDOW_UPDATE, y.FLAG_ACK, 8))  # not in the table
+    assert sent == [frame(y.TYPE_WINDOW_UPDATE, y.FLAG_ACK, 8)]
+    await write_frame(conn, frame(y.TYPE_WINDOW_UPDATE, y.FLAG_RST, 2))
+    await write_frame(conn, frame(y.TYPE_DATA, 0, 4, 3) + b"abc")
+    await write_frame(conn, frame(y.TYPE_DATA, 0, 4, 3) + b"def")  # held once only
+    assert sent[1:] == [
+        frame(y.TYPE_WINDOW_UPDATE, y.FLAG_RST | y.FLAG_ACK, 2),
+        frame(y.TYPE_DATA, y.FLAG_ACK, 4, 3) + b"abc",
+        frame(y.TYPE_DATA, 0, 4, 3) + b"def",
+    ]
+    forget(conn, Stream(6), fully_closed=True)
+    assert conn._logos_acks == set()  # type: ignore[attr-defined]

@@ -93,9 +93,15 @@ py-libp2p 0.8.1 gaps closed here (each one small and documented):
    first few reads), so a peer may still write most of a MiB before the module reads.
    The gate caps that growth as it caps every other.
 
+10. **Every TCP read and write goes through trio's socket stream and a lock.** Each one
+    takes scheduler checkpoints even when the call succeeds at once, and a Noise message is
+    two reads and a write. :mod:`._tcp` makes the calls directly and waits only when it must.
+11. **An inbound stream's ACK is a frame of its own.** :mod:`._frames` holds it for the
+    stream's first frame (multistream-select's header), as go-yamux does.
+
 Upstream: 1, 2, 4, 5, 6, 7 and 8 are py-libp2p bugs worth reporting with these
-descriptions; 3 is by design there ("yamux has no deadlines"); 9 is a cost worth
-reporting.
+descriptions; 3 is by design there ("yamux has no deadlines"); 9, 10 and 11 are costs
+worth reporting.
 """
 
 from libp2p.stream_muxer.yamux.yamux import YamuxStream as YamuxStream

@@ -2,7 +2,7 @@
 each): mplex full duplex and resets marked first (2, 1), shielded secure-channel writes
 (5), readers woken when yamux drops their stream (4) or renews their event (8), no
 window update for a finished stream (6), window updates at half a window (9), raw TCP
-calls (10, in ``_tcp``).
+calls (10, in ``_tcp``), the ACK on a stream's first frame (11, in ``_frames``).
 :func:`install_fixes` installs them, once, process-wide."""
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from libp2p.stream_muxer.mplex.mplex import Mplex
 from libp2p.stream_muxer.mplex.mplex_stream import MplexStream
 from libp2p.stream_muxer.yamux.yamux import Yamux, YamuxStream
 
-from . import _tcp
+from . import _frames, _tcp
 
 log = logging.getLogger("logos_p2p.node")
 
@@ -94,6 +94,7 @@ def install_fixes() -> None:
     YamuxStream.send_window_update = _while_receiving(YamuxStream.send_window_update)  # type: ignore[method-assign]
     YamuxStream._auto_tune_and_send_window_update = _update_at_half_window  # type: ignore[method-assign]
     _tcp.install()
+    _frames.install()
     Yamux._finalize_stream_locked = _waking_its_reader(Yamux._finalize_stream_locked)  # type: ignore[method-assign]
     Yamux._sweep_stale_streams = _waking_dropped_readers(Yamux._sweep_stale_streams)  # type: ignore[method-assign]
     _fixes_installed = True

@@ -506,3 +506,39 @@ async def test_a_held_ack_goes_on_whatever_frame_the_stream_sends_first():
     ]
     forget(conn, Stream(6), fully_closed=True)
     assert conn._logos_acks == set()  # type: ignore[attr-defined]
+
+
+async def test_stream_notifications_call_each_listener_inline(caplog):
+    """Fix 12: opened/closed-stream notifications call the listeners in turn in the
+    notifying task (py-libp2p started a nursery and a task per listener for each); one
+    that raises is logged and the others are still called."""
+    _libp2p.install_fixes()
+    calls: list[tuple[str, str, str]] = []
+
+    class Listener:
+        def __init__(self, name: str, fails: bool = False) -> None:
+            self.name, self.fails = name, fails
+
+        def __getattr__(self, method: str) -> Any:
+            async def call(network: Any, *args: Any) -> None:
+                calls.append((self.name, method, trio.lowlevel.current_task().name))
+                if self.fails:
+                    raise RuntimeError("listener failed")
+
+            return call
+
+    async with open_peer("yamux") as a, open_peer("yamux") as b:
+        incoming = b.serve(PROTO)
+        for listener in (Listener("first", fails=True), Listener("second")):
+            b.host.get_network().register_notifee(listener)
+        ours = await a.open(b.addr, [PROTO])
+        with trio.fail_after(5):
+            theirs = await incoming.receive()
+        await _libp2p.reset(ours)
+        await _libp2p.reset(theirs)
+    opened = [(name, task) for name, method, task in calls if method == "opened_stream"]
+    closed = [name for name, method, _ in calls if method == "closed_stream"]
+    names = [name for name, _ in opened]
+    assert names and names == ["first", "second"] * (len(names) // 2) and closed[:2] == ["first", "second"]
+    assert all("_call" not in task for _, task in opened)  # no task of its own
+    assert "Listener.opened_stream raised" in caplog.text

@@ -98,9 +98,13 @@ py-libp2p 0.8.1 gaps closed here (each one small and documented):
     two reads and a write. :mod:`._tcp` makes the calls directly and waits only when it must.
 11. **An inbound stream's ACK is a frame of its own.** :mod:`._frames` holds it for the
     stream's first frame (multistream-select's header), as go-yamux does.
+12. **Two nurseries and six tasks per stream for listeners that do nothing.** The swarm
+    tells each listener of every stream opened and closed in a task of its own; the
+    node's three (py-libp2p's tag store and identify, the peer watch) ignore streams.
+    :func:`install_fixes` calls them in turn in the notifying task, as go-libp2p does.
 
 Upstream: 1, 2, 4, 5, 6, 7 and 8 are py-libp2p bugs worth reporting with these
-descriptions; 3 is by design there ("yamux has no deadlines"); 9, 10 and 11 are costs
+descriptions; 3 is by design there ("yamux has no deadlines"); 9 to 12 are costs
 worth reporting.
 """
 

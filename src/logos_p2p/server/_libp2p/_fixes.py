@@ -2,7 +2,8 @@
 each): mplex full duplex and resets marked first (2, 1), shielded secure-channel writes
 (5), readers woken when yamux drops their stream (4) or renews their event (8), no
 window update for a finished stream (6), window updates at half a window (9), raw TCP
-calls (10, in ``_tcp``), the ACK on a stream's first frame (11, in ``_frames``).
+calls (10, in ``_tcp``), the ACK on a stream's first frame (11, in ``_frames``), stream
+notifications without a task per listener (12).
 :func:`install_fixes` installs them, once, process-wide."""
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from typing import Any
 
 import trio
 from libp2p.network.stream.exceptions import StreamError as Libp2pStreamError
+from libp2p.network.swarm import Swarm
 from libp2p.security.secure_session import SecureSession
 from libp2p.stream_muxer.exceptions import MuxedConnUnavailable, MuxedStreamError
 from libp2p.stream_muxer.mplex.mplex import Mplex
@@ -95,6 +97,7 @@ def install_fixes() -> None:
     YamuxStream._auto_tune_and_send_window_update = _update_at_half_window  # type: ignore[method-assign]
     _tcp.install()
     _frames.install()
+    Swarm._notify = _stream_events_inline(Swarm._notify)  # type: ignore[method-assign]
     Yamux._finalize_stream_locked = _waking_its_reader(Yamux._finalize_stream_locked)  # type: ignore[method-assign]
     Yamux._sweep_stale_streams = _waking_dropped_readers(Yamux._sweep_stale_streams)  # type: ignore[method-assign]
     _fixes_installed = True
@@ -200,3 +203,27 @@ async def _update_at_half_window(self: YamuxStream, *, bytes_read: int = 0) -> N
             increment += self._apply_autotune_epoch(buffered)  # grows the target (and the window) or not
     if increment > 0:
         await self.send_window_update(increment, skip_lock=True)
+
+
+_STREAM_EVENTS = frozenset({"opened_stream", "closed_stream"})
+
+
+def _stream_events_inline(original: Any) -> Any:
+    """Fix 12: a stream's opened/closed notifications call the listeners in turn, inline
+    (as go-libp2p does), not in a nursery with a task for each: two nurseries and six
+    tasks per stream on the node, whose listeners (py-libp2p's tag store and identify,
+    the node's peer watch) do nothing for streams. A listener that raises is logged,
+    as py-libp2p does."""
+
+    @functools.wraps(original)
+    async def notify(self: Swarm, method: str, *args: Any) -> None:
+        if method not in _STREAM_EVENTS:
+            await original(self, method, *args)
+            return
+        for notifee in list(self.notifees):
+            try:
+                await getattr(notifee, method)(self, *args)
+            except Exception:
+                log.exception("a libp2p listener's %s.%s raised", type(notifee).__name__, method)
+
+    return notify

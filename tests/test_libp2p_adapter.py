@@ -13,6 +13,7 @@ import pytest
 import trio
 import trio.testing
 from libp2p.peer.id import ID
+from libp2p.security.secure_session import SecureSession
 
 from logos_p2p.errors import Cause, ConnectionLost, StreamReset
 from logos_p2p.server import _libp2p
@@ -442,13 +443,21 @@ async def test_raw_tcp_calls_keep_py_libp2p_s_stream_semantics():
             await mine.write(b"x" * 65536)
 
 
-async def test_an_inbound_stream_s_ack_rides_on_its_first_frame(monkeypatch):
-    """Fix 11: the accepting side sets ACK on the stream's first frame (multistream-select's
-    header) instead of sending a bare window update for it (py-libp2p did: a Noise message
-    and a TCP send per stream)."""
+async def test_an_inbound_stream_s_ack_goes_out_with_its_first_frame(monkeypatch):
+    """Fix 11: the accepting side holds the stream's ACK (py-libp2p wrote it at once: a
+    Noise message and a TCP send per stream) and writes it in one message with the
+    stream's first frame (multistream-select's header): still a frame of its own, first."""
     _libp2p.install_fixes()
     recorder = FrameRecorder()
     recorder.install(monkeypatch)
+    messages: list[bytes] = []
+    original = SecureSession.write
+
+    async def recording_write(self: Any, data: bytes) -> None:
+        messages.append(bytes(data))
+        await original(self, data)
+
+    monkeypatch.setattr(SecureSession, "write", recording_write)
     async with open_peer("yamux") as a, open_peer("yamux") as b:
         incoming = b.serve(PROTO)
         ours = await a.open(b.addr, [PROTO])
@@ -457,15 +466,19 @@ async def test_an_inbound_stream_s_ack_rides_on_its_first_frame(monkeypatch):
         await _libp2p.write(theirs, b"hello")
         assert await _libp2p.read(ours, 5) == b"hello"
         frames = recorder.of(stream_key(ours))
-        assert frames[0].kind == "data" and frames[0].flags == {"ack"}, frames
-        assert [f for f in frames if f.kind == "window" and f.flags == {"ack"}] == []
+        assert (frames[0].kind, frames[0].flags) == ("window", {"ack"}) and frames[1].kind == "data", frames
         assert sum("ack" in f.flags for f in frames) == 1
+        sid = theirs.muxed_stream.stream_id
+        ack = struct.pack("!BBHII", 0, 1, 2, sid, 0)  # window update, ACK, this stream, 0
+        assert not any(m == ack for m in messages)  # never a message of its own
+        assert sum(m.startswith(ack) and len(m) > len(ack) for m in messages) == 1
 
 
-async def test_a_held_ack_goes_on_whatever_frame_the_stream_sends_first():
+async def test_a_held_ack_goes_out_before_whatever_frame_the_stream_sends_first():
     """Fix 11, frame by frame: a bare ACK for a stream in the table is held; that stream's
-    next frame (here an RST) carries it; other streams' frames and an ACK for a stream not
-    in the table go out as they are; a stream leaving the table forgets its held ACK."""
+    next frame (here an RST: py-libp2p ignores RST on a frame flagged ACK) goes out behind
+    it in one write; other streams' frames and an ACK for a stream not in the table go out
+    as they are; a stream leaving the table forgets its held ACK."""
     from libp2p.stream_muxer.yamux import yamux as y
 
     from logos_p2p.server._libp2p import _frames
@@ -499,9 +512,10 @@ async def test_a_held_ack_goes_on_whatever_frame_the_stream_sends_first():
     await write_frame(conn, frame(y.TYPE_WINDOW_UPDATE, y.FLAG_RST, 2))
     await write_frame(conn, frame(y.TYPE_DATA, 0, 4, 3) + b"abc")
     await write_frame(conn, frame(y.TYPE_DATA, 0, 4, 3) + b"def")  # held once only
+    ack = y.FLAG_ACK
     assert sent[1:] == [
-        frame(y.TYPE_WINDOW_UPDATE, y.FLAG_RST | y.FLAG_ACK, 2),
-        frame(y.TYPE_DATA, y.FLAG_ACK, 4, 3) + b"abc",
+        frame(y.TYPE_WINDOW_UPDATE, ack, 2) + frame(y.TYPE_WINDOW_UPDATE, y.FLAG_RST, 2),
+        frame(y.TYPE_WINDOW_UPDATE, ack, 4) + frame(y.TYPE_DATA, 0, 4, 3) + b"abc",
         frame(y.TYPE_DATA, 0, 4, 3) + b"def",
     ]
     forget(conn, Stream(6), fully_closed=True)

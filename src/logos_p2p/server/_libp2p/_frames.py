@@ -1,14 +1,15 @@
-"""Fix 11: an inbound yamux stream's ACK rides on the stream's first frame.
+"""Fix 11: an inbound yamux stream's ACK goes out with the stream's first frame.
 
 py-libp2p's yamux answers a peer's SYN with a frame of its own (a window update carrying
-only the ACK flag), written by the connection's reader before it reads on. go-yamux sets
-the flag on the stream's first frame instead, and every inbound stream on the node sends
-one at once: multistream-select's header. Holding the ACK for it saves a Noise message
-and a TCP send per stream here, and a message to decrypt and parse at the peer.
+only the ACK flag), written by the connection's reader before it reads on: a Noise
+message and a TCP send, and a message for the peer to decrypt. Every inbound stream on
+the node sends a frame at once anyway (multistream-select's header), so the ACK is held
+for it and both frames go in one message.
 
-Any frame of the stream carries it (data, window update, FIN or RST); a stream that
-sends none before it leaves yamux's table sends nothing, as py-libp2p does for a stream
-reset on arrival.
+The ACK stays a frame of its own, not a flag on the next one: py-libp2p's yamux ignores
+FIN and RST on a frame that carries ACK (go-yamux sets the flag on the first frame). A
+stream that sends nothing before it leaves yamux's table sends no ACK, as py-libp2p does
+for a stream reset on arrival.
 """
 
 from __future__ import annotations
@@ -25,8 +26,9 @@ from libp2p.stream_muxer.yamux.yamux import (
     Yamux,
 )
 
-_FLAGS = struct.Struct(">H")  # a yamux header's flags, at offset 2
-_FLAGS_AT = 2
+_ACK = struct.Struct(YAMUX_HEADER_FORMAT)
+_SID = struct.Struct(">I")  # a yamux header's stream id, at offset 4
+_SID_AT = 4
 
 
 def _held_ack(data: bytes) -> int | None:
@@ -50,13 +52,10 @@ def _write_with_ack(original: Any) -> Any:
             held.add(sid)
             return
         if held and len(data) >= HEADER_SIZE:
-            sid = struct.unpack_from(">I", data, 4)[0]
+            sid = _SID.unpack_from(data, _SID_AT)[0]
             if sid in held:
                 held.discard(sid)
-                (flags,) = _FLAGS.unpack_from(data, _FLAGS_AT)
-                frame = bytearray(data)
-                _FLAGS.pack_into(frame, _FLAGS_AT, flags | FLAG_ACK)
-                data = bytes(frame)
+                data = _ACK.pack(0, TYPE_WINDOW_UPDATE, FLAG_ACK, sid, 0) + data
         await original(self, data)
 
     return write_frame

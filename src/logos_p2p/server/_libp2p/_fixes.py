@@ -111,10 +111,10 @@ def _whole_write(original: Any) -> Any:
 
     @functools.wraps(original)
     async def write(self: SecureSession, data: bytes) -> None:
-        with trio.CancelScope(shield=True):
-            with trio.move_on_after(WRITE_STALL) as stall:
-                await original(self, data)
-            if stall.cancelled_caught:
+        with trio.CancelScope(shield=True, deadline=trio.current_time() + WRITE_STALL) as stall:
+            await original(self, data)
+        if stall.cancelled_caught:
+            with trio.CancelScope(shield=True):
                 self._logos_broken = True  # type: ignore[attr-defined]  # a failed connection (_peers)
                 with contextlib.suppress(Exception):
                     await self.close()

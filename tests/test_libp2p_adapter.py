@@ -121,6 +121,19 @@ async def _held(stream: Any, beyond: int = 0) -> int:
     return _libp2p.muxer_buffered(stream)
 
 
+@contextlib.asynccontextmanager
+async def recorded_yamux_pair(monkeypatch: pytest.MonkeyPatch) -> Any:
+    """(recorder, a, b, our stream on a, theirs on b), the frames each side's muxer reads recorded."""
+    recorder = FrameRecorder()
+    recorder.install(monkeypatch)
+    async with open_peer("yamux") as a, open_peer("yamux") as b:
+        incoming = b.serve(PROTO)
+        ours = await a.open(b.addr, [PROTO])
+        with trio.fail_after(5):
+            theirs = await incoming.receive()
+        yield recorder, a, b, ours, theirs, incoming
+
+
 async def test_take_hands_over_held_bytes_and_credit_gives_the_window_back(pair):
     """The byte path forwards what the muxer holds before it sends the window update."""
     ours, theirs, *_ = pair
@@ -257,13 +270,7 @@ async def test_no_window_update_once_the_peer_has_finished(monkeypatch, how):
     """Fix 6: the bytes read after the peer's FIN give no window back (nim-libp2p < 1.13 answers
     a window update for a stream it has finished with GoAway, dropping the whole connection).
     Both ways the node reads: py-libp2p's read, and take + credit."""
-    recorder = FrameRecorder()
-    recorder.install(monkeypatch)
-    async with open_peer("yamux") as a, open_peer("yamux") as b:
-        incoming = b.serve(PROTO)
-        ours = await a.open(b.addr, [PROTO])
-        with trio.fail_after(5):
-            theirs = await incoming.receive()
+    async with recorded_yamux_pair(monkeypatch) as (recorder, a, b, ours, theirs, incoming):
         reply = bytes(range(256)) * 800  # 200 KiB: within the first window, over yamux's update threshold
         await _libp2p.write(theirs, reply)
         await _libp2p.close_write(theirs)
@@ -346,13 +353,7 @@ async def test_window_updates_go_at_half_a_window_and_the_first_read_grows_it(mo
     send each); the first read doubles the window twice, so the peer may still write most
     of a MiB before anyone reads."""
     _libp2p.install_fixes()
-    recorder = FrameRecorder()
-    recorder.install(monkeypatch)
-    async with open_peer("yamux") as a, open_peer("yamux") as b:
-        incoming = b.serve(PROTO)
-        ours = await a.open(b.addr, [PROTO])
-        with trio.fail_after(5):
-            theirs = await incoming.receive()
+    async with recorded_yamux_pair(monkeypatch) as (recorder, _, _, ours, theirs, _):
         mark = recorder.mark()
         for i in range(100):
             await _libp2p.write(theirs, bytes([i]) * 100)
@@ -448,8 +449,6 @@ async def test_an_inbound_stream_s_ack_goes_out_with_its_first_frame(monkeypatch
     Noise message and a TCP send per stream) and writes it in one message with the
     stream's first frame (multistream-select's header): still a frame of its own, first."""
     _libp2p.install_fixes()
-    recorder = FrameRecorder()
-    recorder.install(monkeypatch)
     messages: list[bytes] = []
     original = SecureSession.write
 
@@ -458,11 +457,7 @@ async def test_an_inbound_stream_s_ack_goes_out_with_its_first_frame(monkeypatch
         await original(self, data)
 
     monkeypatch.setattr(SecureSession, "write", recording_write)
-    async with open_peer("yamux") as a, open_peer("yamux") as b:
-        incoming = b.serve(PROTO)
-        ours = await a.open(b.addr, [PROTO])
-        with trio.fail_after(5):
-            theirs = await incoming.receive()
+    async with recorded_yamux_pair(monkeypatch) as (recorder, _, _, ours, theirs, _):
         await _libp2p.write(theirs, b"hello")
         assert await _libp2p.read(ours, 5) == b"hello"
         frames = recorder.of(stream_key(ours))

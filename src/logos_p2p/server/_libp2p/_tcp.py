@@ -10,13 +10,34 @@ writer holds) only when they must; errors and end of stream read as py-libp2p's 
 from __future__ import annotations
 
 import os
-from typing import Any
+from collections.abc import Coroutine
+from typing import Any, TypeVar
 
 import trio
 from libp2p.io.exceptions import ConnectionClosedError
 from libp2p.io.trio import TrioTCPStream
 
+R = TypeVar("R")
+
 RECEIVE_SIZE = 65536  # trio's default for receive_some(None)
+
+
+async def _holding(lock: trio.Lock, call: Coroutine[Any, Any, R]) -> R:
+    """``call`` run under ``lock``, taken at once when free (no checkpoint), or waited for
+    behind the reader or writer that holds it."""
+    try:
+        if lock.locked():
+            async with lock:
+                return await call
+        await trio.lowlevel.checkpoint_if_cancelled()
+        lock.acquire_nowait()
+    except BaseException:
+        call.close()  # cancelled before it ran: no "never awaited" warning
+        raise
+    try:
+        return await call
+    finally:
+        lock.release()
 
 
 def _broken(error: OSError) -> ConnectionClosedError:
@@ -29,15 +50,7 @@ async def read(self: TrioTCPStream, n: int | None = None) -> bytes:
     if n == 0:
         return b""
     size = RECEIVE_SIZE if n is None else n
-    await trio.lowlevel.checkpoint_if_cancelled()
-    if self.read_lock.locked():  # another reader waits: after it
-        async with self.read_lock:
-            return await _receive(self.stream.socket, size)
-    self.read_lock.acquire_nowait()
-    try:
-        return await _receive(self.stream.socket, size)
-    finally:
-        self.read_lock.release()
+    return await _holding(self.read_lock, _receive(self.stream.socket, size))
 
 
 async def _receive(sock: Any, size: int) -> bytes:
@@ -60,16 +73,7 @@ async def _receive(sock: Any, size: int) -> bytes:
 async def write(self: TrioTCPStream, data: bytes) -> None:
     """All of ``data``, waiting only when the socket is full or another write is under
     way; nothing once closed here (as py-libp2p's write)."""
-    await trio.lowlevel.checkpoint_if_cancelled()
-    if self.write_lock.locked():
-        async with self.write_lock:
-            await _send_all(self.stream.socket, memoryview(data))
-        return
-    self.write_lock.acquire_nowait()
-    try:
-        await _send_all(self.stream.socket, memoryview(data))
-    finally:
-        self.write_lock.release()
+    await _holding(self.write_lock, _send_all(self.stream.socket, memoryview(data)))
 
 
 async def _send_all(sock: Any, view: memoryview) -> None:

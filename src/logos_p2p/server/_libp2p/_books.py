@@ -177,25 +177,24 @@ class _Streams(dict[int, YamuxStream]):
         super().__init__()
         self.granted = 0
 
-    def _dropped(self, stream: Any) -> None:
-        self.granted -= max(getattr(stream, "target_recv_window", YAMUX_WINDOW) - YAMUX_WINDOW, 0)
+    @staticmethod
+    def _grown(stream: YamuxStream) -> int:
+        return max(stream.target_recv_window - YAMUX_WINDOW, 0)
 
     def __setitem__(self, sid: int, stream: YamuxStream) -> None:
-        old = self.get(sid)
-        if old is not None:
-            self._dropped(old)
+        if sid in self:
+            self.granted -= self._grown(self[sid])
         super().__setitem__(sid, stream)
-        self.granted += max(stream.target_recv_window - YAMUX_WINDOW, 0)
+        self.granted += self._grown(stream)
 
     def __delitem__(self, sid: int) -> None:
-        self._dropped(self[sid])
+        self.granted -= self._grown(self[sid])
         super().__delitem__(sid)
 
     def pop(self, sid: int, *default: Any) -> Any:
-        stream = super().pop(sid, *default)
-        if stream is not None and not (default and stream is default[0]):
-            self._dropped(stream)
-        return stream
+        if sid in self:
+            self.granted -= self._grown(self[sid])
+        return super().pop(sid, *default)
 
     def clear(self) -> None:
         super().clear()

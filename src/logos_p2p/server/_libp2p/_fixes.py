@@ -64,8 +64,7 @@ _fixes_installed = False
 
 
 def install_fixes() -> None:
-    """Patch mplex: reads do not block writes, and a reset is marked before the
-    reader wakes (see the module docstring)."""
+    """Patch py-libp2p with every fix above (see the module docstring), once."""
     global _fixes_installed
     if _fixes_installed:
         return

@@ -10,13 +10,14 @@ writer holds) only when they must; errors and end of stream read as py-libp2p's 
 from __future__ import annotations
 
 import os
-from collections.abc import Coroutine
+from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any, TypeVar
 
 import trio
 from libp2p.io.exceptions import ConnectionClosedError
 from libp2p.io.trio import TrioTCPStream
 
+A = TypeVar("A")
 R = TypeVar("R")
 
 RECEIVE_SIZE = 65536  # trio's default for receive_some(None)
@@ -54,20 +55,29 @@ async def read(self: TrioTCPStream, n: int | None = None) -> bytes:
 
 
 async def _receive(sock: Any, size: int) -> bytes:
+    data = await _unblocked(sock, os.read, size, trio.lowlevel.wait_readable)
+    return b"" if data is None else data
+
+
+async def _unblocked(
+    sock: Any, call: Callable[[int, A], R], arg: A, wait: Callable[[int], Awaitable[None]]
+) -> R | None:
+    """``call(fd, arg)`` on the socket's descriptor, after ``wait(fd)`` each time it would
+    block; None once the socket is closed here. A failure is the peer's reset."""
     while True:
         fd = sock.fileno()
         if fd == -1:
-            return b""
+            return None
         try:
-            return os.read(fd, size)
+            return call(fd, arg)
         except (BlockingIOError, InterruptedError):
             pass
         except OSError as error:
             raise _broken(error) from error
         try:
-            await trio.lowlevel.wait_readable(fd)
+            await wait(fd)
         except trio.ClosedResourceError:
-            return b""
+            return None
 
 
 async def write(self: TrioTCPStream, data: bytes) -> None:
@@ -78,20 +88,10 @@ async def write(self: TrioTCPStream, data: bytes) -> None:
 
 async def _send_all(sock: Any, view: memoryview) -> None:
     while view:
-        fd = sock.fileno()
-        if fd == -1:
+        sent = await _unblocked(sock, os.write, view, trio.lowlevel.wait_writable)
+        if sent is None:
             return
-        try:
-            view = view[os.write(fd, view) :]
-            continue
-        except (BlockingIOError, InterruptedError):
-            pass
-        except OSError as error:
-            raise _broken(error) from error
-        try:
-            await trio.lowlevel.wait_writable(fd)
-        except trio.ClosedResourceError:
-            return
+        view = view[sent:]
 
 
 def install() -> None:
